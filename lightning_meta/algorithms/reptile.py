@@ -1,0 +1,51 @@
+"""Reptile (Nichol, Achiam and Schulman, 2018)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.functional import Params, subtract
+from lightning_meta.data.episode import Episode
+
+
+class Reptile(MetaLearner):
+    """Reptile: k inner steps on support mini-batches; the meta-gradient is theta - phi_k.
+
+    With outer SGD at lr epsilon (the meta step size, annealed linearly to `lr_final`) the update is
+    theta <- theta + epsilon * mean_i(phi_i - theta), the paper's batched Algorithm 2.
+    The query set is used only to log the post-adaptation query loss.
+
+    References:
+        Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: str = "classification",
+        inner_lr: float = 1e-3,
+        inner_steps: int = 5,
+        eval_inner_steps: int = 50,
+        inner_optimizer: str = "adam",
+        inner_batch_size: int | None = 10,
+        eval_inner_lr: float | None = None,
+        eval_inner_batch_size: int | None = None,
+        lr: float = 1.0,
+        lr_final: float | None = 0.0,
+        optimizer: str = "sgd",
+        batching: str = "vmap",
+        chunk_size: int | None = None,
+        transductive: bool = True,
+        grad_clip: float | None = None,
+    ) -> None:
+        super().__init__(
+            backbone, task=task, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
+            inner_optimizer=inner_optimizer, inner_batch_size=inner_batch_size, eval_inner_lr=eval_inner_lr,
+            eval_inner_batch_size=eval_inner_batch_size, lr=lr, lr_final=lr_final, optimizer=optimizer,
+            batching=batching, chunk_size=chunk_size, transductive=transductive, grad_clip=grad_clip,
+        )  # fmt: skip
+
+    def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
+        fast = self.inner_loop(params, episode.support_x, episode.support_y)
+        return subtract(params, fast), self.query_metrics(fast, episode)

@@ -1,0 +1,216 @@
+"""OmegaConf without Hydra: group composition, CLI overrides, signature-checked nodes and `instantiate`.
+
+CLI grammar: `[group=name ...] [dotted.key=value ...]`. `configs/train.yaml` names one member of each group under
+`defaults:`; a group file (or an `experiment/` preset) may carry its own `defaults:` (e.g. `data/sinusoid.yaml`
+selects `model: mlp`). Precedence, lowest first: train.yaml, the data member's defaults, the experiment's, the
+command line. A node with `_target_` must bind to that callable's signature: unknown keys and wrong types are
+errors that name the key, the expected type and the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("algorithm", "data", "model", "trainer", "experiment")
+# Top-level keys and their types (they have no constructor to bind to).
+RUN_KEYS: dict[str, Any] = {"seed": int, "output_dir": str | None, "ckpt_path": str | None}
+# Arguments filled in by train() itself, never from the config.
+PROVIDED = {"algorithm": ("backbone", "task"), "trainer": ("callbacks", "logger", "default_root_dir")}
+
+
+class ConfigError(ValueError):
+    """A config or command-line mistake; the message says what to change."""
+
+
+def _nearest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(close)}?" if close else f"; valid: {', '.join(sorted(options))}"
+
+
+def _read(path: Path) -> tuple[dict, DictConfig]:
+    node = OmegaConf.load(path)
+    defaults = node.pop("defaults", {}) or {}
+    return dict(defaults), node
+
+
+def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Split the command line into group selections and dotted overrides."""
+    groups, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"cannot read argument {arg!r}; write key=value (e.g. data.ways=20 or algorithm=imaml)")
+        if key in GROUPS:
+            groups[key] = value
+        else:
+            overrides.append(arg)
+    return groups, overrides
+
+
+def _member(config_dir: Path, group: str, name: str) -> Path:
+    path = config_dir / group / f"{name}.yaml"
+    if not path.exists():
+        names = [p.stem for p in (config_dir / group).glob("*.yaml")]
+        raise ConfigError(f"no {group} named {name!r}{_nearest(name, names)}")
+    return path
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a plain config value fits a type annotation (lenient for classes that a config cannot hold)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, Sequence) or annotation in (tuple, list):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or annotation is dict:
+        return isinstance(value, (dict, DictConfig))
+    return True  # a class (Accelerator, Strategy, ...): Lightning checks those itself
+
+
+def _target(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"_target_ {path!r} cannot be imported ({error}); check the module path") from error
+
+
+def _signature_params(target: Any) -> dict[str, inspect.Parameter]:
+    fn = target.__init__ if inspect.isclass(target) else target
+    hints = typing.get_type_hints(fn)
+    params = inspect.signature(fn).parameters
+    return {k: p.replace(annotation=hints.get(k, p.annotation)) for k, p in params.items() if k != "self"}
+
+
+def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> None:
+    """Bind a `_target_` node to its callable's signature: every key known, every value of the annotated type."""
+    params = _signature_params(_target(node._target_))
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in node:
+        if key == "_target_":
+            continue
+        if key not in params:
+            if takes_kwargs:
+                continue
+            raise ConfigError(f"unknown key {where}.{key} for {node._target_}{_nearest(key, list(params))}")
+        value = node[key]
+        if OmegaConf.is_config(value) and "_target_" in value:
+            check_node(value, f"{where}.{key}")
+        elif not _matches(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value, params[key].annotation):
+            expected = _type_name(params[key].annotation)
+            raise ConfigError(f"{where}.{key}={value!r} has the wrong type; {node._target_} expects {expected}")
+    missing = [
+        k for k, p in params.items()
+        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k not in node
+        and k not in provided
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{where} lacks required key(s) {', '.join(missing)} of {node._target_}")
+
+
+def _apply_override(cfg: DictConfig, override: str) -> None:
+    key, _, _ = override.partition("=")
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig):
+        raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
+    if leaf not in parent and "_target_" not in parent:  # a _target_ node takes any argument of its signature
+        raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
+    value = OmegaConf.from_dotlist([f"v={override.partition('=')[2]}"])["v"]
+    parent[leaf] = value
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k in cfg:
+        full = f"{prefix}{k}"
+        keys.append(full)
+        v = cfg._get_node(k)
+        if isinstance(v, DictConfig):
+            keys += _all_keys(v, f"{full}.")
+    return keys
+
+
+def load_config(argv: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """Compose `train.yaml`, the selected group members and the overrides; validate everything."""
+    base_defaults, base = _read(config_dir / "train.yaml")
+    groups, overrides = parse_argv(argv)
+    selection = {**base_defaults}
+    experiment = groups.get("experiment", base_defaults.get("experiment"))
+    exp_defaults, exp_node = ({}, OmegaConf.create())
+    if experiment:
+        exp_defaults, exp_node = _read(_member(config_dir, "experiment", experiment))
+    data_name = groups.get("data", exp_defaults.get("data", selection.get("data")))
+    data_defaults, _ = _read(_member(config_dir, "data", data_name))
+    selection.update(data_defaults)
+    selection.update(exp_defaults)
+    selection.update(groups)
+    cfg = base
+    for group in ("algorithm", "data", "model", "trainer"):
+        _, node = _read(_member(config_dir, group, selection[group]))
+        cfg[group] = node
+    cfg = OmegaConf.merge(cfg, exp_node)
+    for override in overrides:
+        _apply_override(cfg, override)
+    cfg.selection = {g: selection.get(g) for g in GROUPS}
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, annotation in RUN_KEYS.items():
+        if key not in cfg:
+            raise ConfigError(f"train.yaml lacks the run key {key}")
+        if not _matches(cfg[key], annotation):
+            raise ConfigError(f"{key}={cfg[key]!r} has the wrong type; expected {_type_name(annotation)}")
+    extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - {"selection"}
+    if extra:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}{_nearest(min(extra), RUN_KEYS)}")
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as error:  # an interpolation that names a missing key
+        raise ConfigError(f"cannot resolve the config: {error}") from error
+    for group in ("algorithm", "data", "model", "trainer"):
+        if "_target_" not in cfg[group]:
+            raise ConfigError(f"{group} config has no _target_")
+        check_node(cfg[group], group, PROVIDED.get(group, ()))
+        for key in PROVIDED.get(group, ()):
+            if key in cfg[group]:
+                raise ConfigError(f"{group}.{key} is set by train.py itself; remove it from the config")
+    OmegaConf.set_struct(cfg, True)
+
+
+def instantiate(node: DictConfig | dict, **kwargs: Any) -> Any:
+    """Call `node._target_` with the node's other keys (nested `_target_` nodes first) and `kwargs`."""
+    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    target = _target(spec.pop("_target_"))
+    args = {k: instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in spec.items()}
+    return target(**args, **kwargs)

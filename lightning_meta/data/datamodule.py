@@ -1,0 +1,124 @@
+"""EpisodicDataModule: meta-batches of few-shot tasks, reproducible, resumable and split across DDP ranks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from lightning_meta.data.episode import ClassificationTasks, EpisodeBatches, TaskSource
+
+
+class EpisodicDataModule(pl.LightningDataModule):
+    """Serves one meta-batch per DataLoader batch.
+
+    Training meta-batch t holds tasks t*M .. t*M+M-1 of the "train" stream; under DDP rank r of R takes tasks
+    t*M+r, t*M+r+R, ... (disjoint, their union is the 1-process meta-batch). The stream restarts at the trainer's
+    `global_step`, so a resumed run continues it exactly. Validation and test episodes 0..E-1 are fixed by the seed.
+    Subclasses implement `build_sources`.
+
+    Args:
+        ways: N, classes per task.
+        shots: K, support examples per class at evaluation (and training unless `train_shots` is set).
+        queries: Q, query examples per class at evaluation (and training unless `train_queries` is set).
+        meta_batch_size: tasks per meta-iteration, over all ranks.
+        val_episodes: fixed validation episodes per validation run (0 disables validation).
+        test_episodes: fixed meta-test episodes.
+        seed: seeds the episode streams (mixed with split and index, never with the rank).
+        train_shots: support examples per class in meta-training (Reptile trains with 10 even when tested 1-shot).
+        train_queries: query examples per class in meta-training.
+        eval_batch_size: episodes per evaluation batch on each rank (default: meta_batch_size).
+        num_workers: DataLoader worker processes.
+    """
+
+    task: ClassVar[str] = "classification"
+
+    def __init__(
+        self,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        meta_batch_size: int = 32,
+        val_episodes: int = 100,
+        test_episodes: int = 600,
+        seed: int = 0,
+        train_shots: int | None = None,
+        train_queries: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in dict(ways=ways, shots=shots, meta_batch_size=meta_batch_size).items():
+            if value < 1:
+                raise ValueError(f"data.{name}={value}; it must be at least 1")
+        for name, value in dict(queries=queries, val_episodes=val_episodes, test_episodes=test_episodes).items():
+            if value < 0:
+                raise ValueError(f"data.{name}={value}; it must be 0 or more")
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.meta_batch_size = meta_batch_size
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.seed = seed
+        self.train_shots = shots if train_shots is None else train_shots
+        self.train_queries = queries if train_queries is None else train_queries
+        self.eval_batch_size = eval_batch_size or meta_batch_size
+        self.num_workers = num_workers
+        self.sources: dict[str, TaskSource] = {}
+
+    def build_sources(self) -> dict[str, TaskSource]:
+        """The task source of each split ("train", "val", "test")."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sources:
+            return
+        self.sources = self.build_sources()
+        for split, source in self.sources.items():
+            if isinstance(source, ClassificationTasks):
+                shots_queries = (self.train_shots, self.train_queries) if split == "train" else (self.shots, self.queries)
+                source.check_shots(*shots_queries, split)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: EpisodeBatches) -> DataLoader:
+        # batch_size=None: the dataset already returns whole meta-batches.
+        return DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        if self.meta_batch_size % world:
+            raise ValueError(
+                f"data.meta_batch_size={self.meta_batch_size} does not split evenly over {world} processes; "
+                f"use a multiple of {world} (trainer.devices x trainer.num_nodes)"
+            )
+        trainer = self.trainer
+        start = trainer.global_step if trainer is not None else 0
+        if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
+            raise ValueError("set trainer.max_steps (the number of meta-iterations); the task stream is sized by it")
+        stop = max(trainer.max_steps, start + 1)
+        ids = range(start * self.meta_batch_size + rank, stop * self.meta_batch_size, world)
+        shots_queries = (self.train_shots, self.train_queries)
+        return self._loader(
+            EpisodeBatches(self.sources["train"], self.seed, "train", shots_queries, ids, self.meta_batch_size // world)
+        )
+
+    def eval_batches(self, split: str, episodes: int) -> EpisodeBatches:
+        """This rank's share of the fixed evaluation episodes 0..episodes-1 of `split`."""
+        rank, world = self._rank_world()
+        ids = range(rank, episodes, world)
+        return EpisodeBatches(
+            self.sources[split], self.seed, split, (self.shots, self.queries), ids, self.eval_batch_size
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_episodes == 0 or "val" not in self.sources:
+            return []
+        return self._loader(self.eval_batches("val", self.val_episodes))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_batches("test", self.test_episodes))

@@ -1,0 +1,185 @@
+"""Omniglot (Lake et al., 2015): 1623 handwritten characters x 20 drawers, read from the two official archives."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.episode import ClassificationTasks, TaskSource
+
+ARCHIVES = ("images_background", "images_evaluation")
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
+_PNG = re.compile(r"images_(?:background|evaluation)/([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
+
+
+def download_omniglot(folder: Path) -> None:
+    """Fetch the official archives that are missing from `folder` (not exercised by the tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVES:
+        target = folder / f"{name}.zip"
+        if target.exists() or (folder / name).is_dir():
+            continue
+        partial = target.with_suffix(".zip.part")
+        try:
+            urllib.request.urlretrieve(URL.format(name), partial)
+        except OSError as error:
+            raise RuntimeError(
+                f"could not download {URL.format(name)} ({error}); copy images_background.zip and "
+                f"images_evaluation.zip into {folder} by hand, or point data.root at a folder that has them"
+            ) from error
+        partial.rename(target)
+
+
+def _archive_members(folder: Path, name: str):
+    """Yield (relative path, PNG bytes) from `<name>.zip` or from its extracted folder."""
+    archive, extracted = folder / f"{name}.zip", folder / name
+    if extracted.is_dir():
+        for path in sorted(extracted.rglob("*.png")):
+            yield f"{name}/{path.relative_to(extracted).as_posix()}", path.read_bytes()
+    elif archive.exists():
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for member in sorted(zf.namelist()):
+                    if member.endswith(".png"):
+                        yield member, zf.read(member)
+        except zipfile.BadZipFile as error:
+            raise RuntimeError(f"{archive} is not a valid zip archive ({error}); delete it and run again") from error
+    else:
+        raise FileNotFoundError(f"neither {archive} nor {extracted}/ exists")
+
+
+def decode_omniglot(folder: Path, image_size: int = 28) -> dict:
+    """Decode every drawing to `image_size`^2 uint8 with ink = 255, grouped by character id (0..1622)."""
+    images, characters = [], []
+    for name in ARCHIVES:
+        for member, data in _archive_members(folder, name):
+            match = _PNG.search(member)
+            if match is None:
+                continue
+            with Image.open(io.BytesIO(data)) as img:
+                grey = img.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+            images.append(255 - torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8))
+            characters.append(int(match.group(3)) - 1)  # global character id from the file name
+    if not images:
+        raise RuntimeError(f"no Omniglot drawings found under {folder}; the archives look empty or corrupt")
+    char = torch.tensor(characters)
+    order = torch.argsort(char, stable=True)
+    return {
+        "images": torch.stack(images)[order].view(-1, image_size, image_size),
+        "character": char[order],
+        "image_size": image_size,
+    }
+
+
+def load_omniglot(folder: Path, image_size: int = 28, download: bool = True) -> dict:
+    """The decoded dataset, from `omniglot_<size>.pt` beside the archives when present (decoding takes ~1 min)."""
+    cache = folder / f"omniglot_{image_size}.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    have = all((folder / f"{n}.zip").exists() or (folder / n).is_dir() for n in ARCHIVES)
+    if not have:
+        if not download:
+            raise FileNotFoundError(
+                f"Omniglot archives not found in {folder}; put images_background.zip and images_evaluation.zip "
+                "there or allow the download"
+            )
+        download_omniglot(folder)
+    data = decode_omniglot(folder, image_size)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(data, partial)
+    partial.replace(cache)  # atomic: a concurrent reader never sees half a cache
+    return data
+
+
+class OmniglotDataModule(EpisodicDataModule):
+    """Omniglot N-way K-shot classification with the Reptile paper's split.
+
+    All 1623 characters are shuffled with `split_seed`; the first `train_characters` are meta-training (minus
+    `val_characters` carved off for validation), the rest meta-test. Training characters are augmented with 90/180/270
+    degree rotations as new classes.
+
+    Args:
+        root: folder whose `omniglot/` subfolder holds (or receives) the archives and the decoded cache.
+        image_size: side of the decoded images.
+        train_characters: characters for meta-training plus validation (1200 in the Reptile and MAML papers).
+        val_characters: characters carved from the training ones for validation (0 allowed).
+        rotations: add 90/180/270-degree rotations of each training character as new classes.
+        split_seed: seed of the character shuffle (fixed, independent of the run's seed).
+        download: fetch the archives when they are missing.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        meta_batch_size: int = 32,
+        val_episodes: int = 100,
+        test_episodes: int = 600,
+        seed: int = 0,
+        train_shots: int | None = None,
+        train_queries: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 28,
+        train_characters: int = 1200,
+        val_characters: int = 100,
+        rotations: bool = True,
+        split_seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__(
+            ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, val_episodes=val_episodes,
+            test_episodes=test_episodes, seed=seed, train_shots=train_shots, train_queries=train_queries,
+            eval_batch_size=eval_batch_size, num_workers=num_workers,
+        )  # fmt: skip
+        if not 0 <= val_characters < train_characters < 1623:
+            raise ValueError(
+                f"need 0 <= data.val_characters ({val_characters}) < data.train_characters ({train_characters}) "
+                "< 1623 Omniglot characters"
+            )
+        self.folder = Path(root) / "omniglot"
+        self.image_size, self.download = image_size, download
+        self.train_characters, self.val_characters = train_characters, val_characters
+        self.rotations, self.split_seed = rotations, split_seed
+
+    def prepare_data(self) -> None:
+        load_omniglot(self.folder, self.image_size, self.download)
+
+    def character_split(self, num_characters: int = 1623) -> dict[str, torch.Tensor]:
+        """Character ids of each split; disjoint, test characters never in train or val."""
+        order = torch.randperm(num_characters, generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = self.val_characters
+        return {
+            "train": order[n_val : self.train_characters],
+            "val": order[:n_val],
+            "test": order[self.train_characters :],
+        }
+
+    def build_sources(self) -> dict[str, TaskSource]:
+        data = load_omniglot(self.folder, self.image_size, self.download)
+        character = data["character"]
+        num_characters = int(character.max()) + 1
+        if num_characters != 1623:
+            raise RuntimeError(f"{self.folder} holds {num_characters} characters, expected 1623; delete the cache")
+        by_char = torch.argsort(character, stable=True).view(num_characters, -1)  # (1623, 20) example ids
+        sources: dict[str, TaskSource] = {}
+        for split, chars in self.character_split(num_characters).items():
+            if len(chars) == 0:
+                continue
+            examples = by_char[chars]
+            rotation = None
+            if split == "train" and self.rotations:
+                examples = examples.repeat_interleave(4, dim=0)  # class 4c+k = character c turned k quarters
+                rotation = torch.arange(4).repeat(len(chars))
+            sources[split] = ClassificationTasks(data["images"], list(examples), self.ways, rotation)
+        return sources
