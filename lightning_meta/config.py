@@ -185,6 +185,26 @@ def load_config(argv: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> Dict
     return cfg
 
 
+def override_config(saved: dict, overrides: Sequence[str] = ()) -> DictConfig:
+    """A run's saved (resolved) config with `dotted.key=value` overrides, validated like `load_config`.
+
+    The saved config has its interpolations resolved, so an override changes that key only: `seed=1` leaves
+    `data.seed` as trained (override `data.seed` to draw other episodes). Group selections cannot change.
+    """
+    groups, dotted = parse_argv(overrides)
+    if groups:
+        chosen = " ".join(f"{group}={name}" for group, name in groups.items())
+        raise ConfigError(
+            f"{chosen} selects a config group, which a saved run cannot change; override its keys instead "
+            "(e.g. algorithm.eval_inner_steps=10 or data.shots=5)"
+        )
+    cfg = OmegaConf.create(saved)
+    for override in dotted:
+        _apply_override(cfg, override)
+    _validate(cfg)
+    return cfg
+
+
 def _validate(cfg: DictConfig) -> None:
     for key, annotation in RUN_KEYS.items():
         if key not in cfg:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from torchmetrics import CatMetric
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
-    """Mean and 1.96 * std / sqrt(n) over episodes (population std, as the MAML and Reptile evaluation code)."""
+    """Mean and 1.96 * std / sqrt(n) over episodes (population std, as in the MAML and Reptile evaluation)."""
     values = values.double().flatten()
     if values.numel() == 0:
         return float("nan"), float("nan")
@@ -19,36 +20,48 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 
 
 class EpisodeMetrics(nn.Module):
-    """Collects one value per evaluation episode; `CatMetric` gathers them from every DDP rank at compute time,
-    so a 2-process run reports the figures of a 1-process run."""
+    """Collects one value per evaluation episode; `CatMetric` gathers them from every DDP rank at compute
+    time, so a 2-process run reports the figures of a 1-process run.
 
-    def __init__(self, task: str) -> None:
+    Args:
+        task: "classification" (accuracy and loss) or "regression" (MSE).
+        curve_steps: inner-step counts of the adaptation curve; each gets `<stage>/<metric>_step<K>` (+ CI).
+    """
+
+    def __init__(self, task: str, curve_steps: Sequence[int] = ()) -> None:
         super().__init__()
         self.task = task
         self.metric = CatMetric()
         self.loss = CatMetric()
+        self.curve_steps = tuple(curve_steps)
+        self.curve = nn.ModuleList(CatMetric() for _ in self.curve_steps)
 
     @staticmethod
     def metric_name(task: str) -> str:
         return "acc" if task == "classification" else "mse"
 
-    def update(self, metric: Tensor, loss: Tensor) -> None:
-        """Shapes: metric (T,), loss (T,): one value per episode."""
+    def update(self, metric: Tensor, loss: Tensor, curve: Tensor | None = None) -> None:
+        """Shapes: metric (T,), loss (T,): one value per episode; curve (T, len(curve_steps)) or None."""
         self.metric.update(metric.float())
         self.loss.update(loss.float())
+        for i, values in enumerate(self.curve):
+            values.update(curve[:, i].float())
 
     def compute_and_reset(self, stage: str) -> dict[str, float]:
         name = self.metric_name(self.task)
         values = {}
         if self.metric.update_count:
-            values = self._summary(stage, name, torch.atleast_1d(self.metric.compute()))
+            episodes = torch.atleast_1d(self.metric.compute())
+            values = {**self._summary(stage, name, episodes), f"{stage}/episodes": float(episodes.numel())}
             if self.task == "classification":
                 values[f"{stage}/loss"] = float(torch.atleast_1d(self.loss.compute()).double().mean())
-        self.metric.reset()
-        self.loss.reset()
+            for k, curve in zip(self.curve_steps, self.curve, strict=True):
+                values.update(self._summary(stage, f"{name}_step{k}", torch.atleast_1d(curve.compute())))
+        for metric in (self.metric, self.loss, *self.curve):
+            metric.reset()
         return values
 
     @staticmethod
     def _summary(stage: str, name: str, values: Tensor) -> dict[str, float]:
         mean, ci = mean_ci95(values)
-        return {f"{stage}/{name}": mean, f"{stage}/{name}_ci95": ci, f"{stage}/episodes": float(values.numel())}
+        return {f"{stage}/{name}": mean, f"{stage}/{name}_ci95": ci}

@@ -3,6 +3,7 @@ trainer, then fit and test."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,9 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lightning_meta.algorithms.scaling import check_trainer
 from lightning_meta.callbacks import GracefulStop
 from lightning_meta.config import ConfigError, instantiate, load_config
 from lightning_meta.metrics import EpisodeMetrics
+from lightning_meta.review import EvaluationReview
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
@@ -49,36 +52,44 @@ def build(cfg: DictConfig):
 def callbacks(out: Path, task: str, validate: bool) -> list[pl.Callback]:
     ckpt_dir = out / "checkpoints"
     name = EpisodeMetrics.metric_name(task)
+    # enable_version_counter=False: last.ckpt is overwritten, never left behind for a last-v1.ckpt (GracefulStop
+    # writes last.ckpt too, and a resumed run finds the file already there).
     if validate:
         best = ModelCheckpoint(
             dirpath=ckpt_dir, filename="best-{step}", monitor=f"val/{name}", mode="max" if name == "acc" else "min",
-            save_top_k=1, save_last=True, auto_insert_metric_name=False,
+            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
         )  # fmt: skip
     else:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=1, save_last=True)
-    return [best, GracefulStop(ckpt_dir / "last.ckpt")]
+        best = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="step-{step}", save_top_k=1, save_last=True, enable_version_counter=False
+        )
+    return [best, GracefulStop(ckpt_dir / "last.ckpt"), EvaluationReview()]
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+    """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics and
+    writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own."""
     out = resolve_output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, learner = build(cfg)
     validate = getattr(datamodule, "val_episodes", 0) > 0
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    trainer = instantiate(
-        cfg.trainer, callbacks=callbacks(out, datamodule.task, validate), logger=logger, default_root_dir=str(out)
-    )
+    run_callbacks = [*callbacks(out, datamodule.task, validate), *extra_callbacks]
+    trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=logger, default_root_dir=str(out))
+    check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(learner.hparams["config"], out / "config.yaml")
     trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.interrupted:
+    if trainer.interrupted or GracefulStop.stopped_on_request(trainer):
         return {}
     best = trainer.checkpoint_callback.best_model_path if validate else ""
     results = trainer.test(learner, datamodule=datamodule, ckpt_path=best or None, verbose=True)
     metrics = results[0] if results else {}
-    logger.log_hyperparams(learner.hparams, metrics)
+    if trainer.is_global_zero:
+        (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    # The HParams tab compares runs by their config, flattened to algorithm/inner_lr, data/ways, ...
+    logger.log_hyperparams(learner.hparams["config"], metrics, step=trainer.global_step)
     return metrics
 
 

@@ -1,7 +1,10 @@
 """Meta-learning algorithms as LightningModules sharing one `MetaLearner` base."""
 
 from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.fomaml import FOMAML
+from lightning_meta.algorithms.imaml import IMAML
+from lightning_meta.algorithms.maml import MAML
 from lightning_meta.algorithms.predictor import Predictor
 from lightning_meta.algorithms.reptile import Reptile
 
-__all__ = ["MetaLearner", "Predictor", "Reptile"]
+__all__ = ["FOMAML", "IMAML", "MAML", "MetaLearner", "Predictor", "Reptile"]

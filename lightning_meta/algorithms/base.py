@@ -12,10 +12,11 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from lightning_meta.algorithms.functional import Params, adam_step, batch_indices, loss_and_metric, sgd_step
 from lightning_meta.algorithms.predictor import Predictor
+from lightning_meta.algorithms.scaling import check_trainer, scaled_grad
 from lightning_meta.data.episode import Episode
 from lightning_meta.metrics import EpisodeMetrics
 
@@ -44,6 +45,9 @@ class MetaLearner(pl.LightningModule):
         transductive: predict the query set as one batch (batch-norm statistics from the queries, the papers'
             setting); False predicts each query together with the support set only (Reptile's definition).
         grad_clip: clip the meta-gradient to this norm (None: no clipping).
+        eval_curve_steps: also score the query set after each of these inner-step counts at evaluation,
+            logged as `val/<metric>_step<K>` and `test/<metric>_step<K>` (the MAML sine protocol: [1, 5, 10]).
+            None: no curve, no cost. Each count re-runs the inner loop: sum(K) more steps per task.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class MetaLearner(pl.LightningModule):
         chunk_size: int | None = None,
         transductive: bool = True,
         grad_clip: float | None = None,
+        eval_curve_steps: list[int] | None = None,
     ) -> None:
         super().__init__()
         choices = dict(task=(task, ("classification", "regression")),
@@ -74,6 +79,8 @@ class MetaLearner(pl.LightningModule):
                 raise ValueError(f"algorithm.{name}={value!r}; choose one of {', '.join(allowed)}")
         if inner_steps < 0 or eval_inner_steps < 0:
             raise ValueError("algorithm.inner_steps and algorithm.eval_inner_steps must be 0 or more")
+        if any(int(k) != k or k < 0 for k in eval_curve_steps or ()):
+            raise ValueError(f"algorithm.eval_curve_steps={eval_curve_steps}; give inner-step counts >= 0")
         self.save_hyperparameters(ignore=["backbone"])
         self.automatic_optimization = False
         self.backbone = backbone
@@ -85,8 +92,22 @@ class MetaLearner(pl.LightningModule):
         self.lr, self.lr_final, self.optimizer_name = lr, lr_final, optimizer
         self.batching, self.chunk_size = batching, chunk_size
         self.transductive, self.grad_clip = transductive, grad_clip
-        self.val_metrics = EpisodeMetrics(task)
-        self.test_metrics = EpisodeMetrics(task)
+        self.eval_curve_steps = tuple(int(k) for k in eval_curve_steps or ())
+        self.val_metrics = EpisodeMetrics(task, self.eval_curve_steps)
+        self.test_metrics = EpisodeMetrics(task, self.eval_curve_steps)
+
+    # Static loss scale of the per-task functional gradients under 16-mixed; see algorithms/scaling.py.
+    inner_loss_scale: float = 2.0**10
+
+    def setup(self, stage: str) -> None:
+        check_trainer(self.trainer, self)  # train.py checks before fit already; this covers any other Trainer
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning loads the weights before its precision plugin converts the module (64-true: to float64), so
+        # a float64 checkpoint would be rounded through float32 on resume. Convert first (Lightning's own
+        # conversion is then a no-op).
+        if self._trainer is not None:
+            self.trainer.precision_plugin.convert_module(self)
 
     # ----------------------------------------------------------------- functional building blocks
     def params(self) -> Params:
@@ -103,6 +124,12 @@ class MetaLearner(pl.LightningModule):
         """(loss, metric) of `params` on a batch; the metric is accuracy or MSE."""
         return loss_and_metric(self(x, params), y, self.task)
 
+    def scaled_grad(self, fn: Callable, has_aux: bool = False) -> Callable:
+        """`torch.func.grad(fn)` for per-task losses: under 16-mixed the loss is scaled by `inner_loss_scale`
+        and the gradient unscaled in fp32 (exact, second-order safe); otherwise plain `grad`."""
+        trainer_precision = getattr(self._trainer, "precision", None)
+        return scaled_grad(fn, self.inner_loss_scale if trainer_precision == "16-mixed" else 1.0, has_aux)
+
     def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, evaluation: bool = False) -> Params:
         """Adapt `params` to one task's support set; returns the fast weights phi. No graph is kept between steps
         unless the caller differentiates through it (second-order MAML runs this under `torch.func.grad`).
@@ -118,7 +145,7 @@ class MetaLearner(pl.LightningModule):
         for step in range(steps):
             idx = batch_indices(step, batch_size, support_x.shape[0])
             x, y = (support_x, support_y) if idx is None else (support_x[idx], support_y[idx])
-            grads = grad(support_loss)(params, x, y)
+            grads = self.scaled_grad(support_loss)(params, x, y)
             if self.inner_optimizer == "adam":
                 params, state = adam_step(params, grads, state, lr)
             else:
@@ -149,8 +176,25 @@ class MetaLearner(pl.LightningModule):
         return {"query_loss": loss, "query_metric": metric}
 
     def evaluate_task(self, params: Params, episode: Episode) -> dict[str, Tensor]:
-        """Adapt with the evaluation settings, then score the query set."""
-        return self.query_metrics(self.inner_loop(params, episode.support_x, episode.support_y, True), episode)
+        """Adapt with the evaluation settings, then score the query set; with `eval_curve_steps` also "curve",
+        the query metric after each of those inner-step counts, shape (len(eval_curve_steps),)."""
+        out = self.query_metrics(self.inner_loop(params, episode.support_x, episode.support_y, True), episode)
+        if self.eval_curve_steps:
+            points = [self._curve_point(k, params, episode, out) for k in self.eval_curve_steps]
+            out["curve"] = torch.stack(points)
+        return out
+
+    def _curve_point(self, steps: int, params: Params, episode: Episode, final: dict[str, Tensor]) -> Tensor:
+        """Query metric after `steps` evaluation steps: `inner_loop` re-run with `eval_inner_steps` set to
+        `steps` for the call, so any algorithm's own inner loop (iMAML's proximal one too) yields a curve."""
+        if steps == self.eval_inner_steps:
+            return final["query_metric"]
+        saved, self.eval_inner_steps = self.eval_inner_steps, steps
+        try:
+            fast = self.inner_loop(params, episode.support_x, episode.support_y, True)
+        finally:
+            self.eval_inner_steps = saved
+        return self.query_metrics(fast, episode)["query_metric"]
 
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
         """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0.
@@ -167,12 +211,13 @@ class MetaLearner(pl.LightningModule):
     def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
         grads, metrics = self.map_tasks(self.meta_gradient, self.params(), batch)
         mean_grads = {k: g.mean(0) for k, g in grads.items()}
+        lr = self.optimizers().param_groups[0]["lr"]  # this step's lr; apply_meta_gradient steps the schedule
         self.apply_meta_gradient(mean_grads)
         loss, metric = metrics["query_loss"].mean(), metrics["query_metric"].mean()
         log = dict(prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.support_x.shape[0])
         self.log("train/query_loss", loss, **log)
         self.log(f"train/query_{EpisodeMetrics.metric_name(self.task)}", metric, **log)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
 
     def apply_meta_gradient(self, meta_grad: Params) -> None:
@@ -181,18 +226,22 @@ class MetaLearner(pl.LightningModule):
         opt.zero_grad()
         surrogate = sum((p * meta_grad[n].detach().to(p.dtype)).sum() for n, p in self.backbone.named_parameters())
         self.manual_backward(surrogate)
-        if self.grad_clip is not None:
-            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
+        opt.step()  # clips in `on_before_optimizer_step`
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this inside opt.step(): after manual_backward, so DDP has all-reduced the
+        # meta-gradient, and after the GradScaler unscaled it under 16-mixed (before, it is still scaled).
+        if self.grad_clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     # ----------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Episode, metrics: EpisodeMetrics) -> None:
         with torch.enable_grad():  # evaluation adapts; the Trainer must run with inference_mode=False
             out = self.map_tasks(self.evaluate_task, self.params(), batch)
-        metrics.update(out["query_metric"].detach(), out["query_loss"].detach())
+        metrics.update(out["query_metric"].detach(), out["query_loss"].detach(), out.get("curve"))
 
     def validation_step(self, batch: Episode, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)

@@ -43,12 +43,16 @@ def adam_step(
 
 
 def loss_and_metric(output: Tensor, target: Tensor, task: str) -> tuple[Tensor, Tensor]:
-    """(loss, accuracy) for classification, (mse, mse) for regression."""
-    if task == "classification":
+    """(loss, accuracy) for classification, (mse, mse) for regression. Half-precision outputs are scored in
+    float32, float64 ones in float64 (a float32 loss would cap float64 gradient checks at ~1e-7 relative)."""
+    if output.dtype in (torch.float16, torch.bfloat16):
         output = output.float()
+    if task == "classification":
         loss = F.cross_entropy(output, target)
         return loss, (output.argmax(-1) == target).float().mean()
-    loss = F.mse_loss(output.float(), target.float())
+    # Written out rather than F.mse_loss, whose forward-over-reverse derivative (iMAML's Hessian-vector
+    # products) raises "ZeroTensors are immutable" in torch <= 2.13 (pytorch/pytorch#123996). Same value.
+    loss = ((output - target.to(output.dtype)) ** 2).mean()
     return loss, loss
 
 
@@ -58,3 +62,53 @@ def batch_indices(step: int, batch_size: int | None, n: int) -> Tensor | None:
         return None
     start = step * batch_size
     return torch.arange(start, start + batch_size) % n
+
+
+def detach(params: Params) -> Params:
+    """Cut fast weights from any graph that produced them (first-order and implicit meta-gradients)."""
+    return {k: v.detach() for k, v in params.items()}
+
+
+def squared_distance(a: Params, b: Params) -> Tensor:
+    """||a - b||^2 summed over every tensor (iMAML's proximal term)."""
+    return sum(((a[k] - b[k]) ** 2).sum() for k in a)
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 0 where den == 0 (a solved system has zero residual and search direction)."""
+    return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def conjugate_gradient(matvec, b: Params, steps: int, damping: float = 0.0) -> Params:
+    """Approximately solve (A + damping * I) x = b for symmetric positive definite A, given only v -> A v.
+
+    Runs exactly `steps` iterations from x = 0 (no data-dependent control flow, so it runs inside `vmap`);
+    in exact arithmetic n steps solve an n-dimensional system. Tensors of any shape; `b` is a dict of them.
+
+    References:
+        Hestenes, Stiefel. Methods of Conjugate Gradients for Solving Linear Systems. J. Res. NBS, 1952.
+    """
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r, p = b, b  # residual b - A x and search direction, both b at x = 0
+    rr = dot(r, r)
+    for _ in range(steps):
+        ap = axpy(damping, p, matvec(p))  # (A + damping I) p
+        alpha = _ratio(rr, dot(p, ap))
+        x = axpy(alpha, p, x)
+        r = axpy(-alpha, ap, r)
+        rr_next = dot(r, r)
+        p = axpy(_ratio(rr_next, rr), p, r)  # r + beta p
+        rr = rr_next
+    return x
+
+
+def query_objective(learner, fast: Params, episode) -> tuple[Tensor, dict[str, Tensor]]:
+    """Query loss of fast weights, with (query_loss, query_metric) as the auxiliary output of
+    `torch.func.grad(..., has_aux=True)`. Predictions go through `learner.predict` (transductive flag honoured).
+
+    Shapes:
+        episode: one task, support_x (N*K, *x), query_x (N*Q, *x), query_y (N*Q,).
+    """
+    out = learner.predict(fast, episode.support_x, episode.query_x)
+    loss, metric = loss_and_metric(out, episode.query_y, learner.task)
+    return loss, {"query_loss": loss.detach(), "query_metric": metric.detach()}

@@ -38,12 +38,14 @@ class Reptile(MetaLearner):
         chunk_size: int | None = None,
         transductive: bool = True,
         grad_clip: float | None = None,
+        eval_curve_steps: list[int] | None = None,
     ) -> None:
         super().__init__(
             backbone, task=task, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
             inner_optimizer=inner_optimizer, inner_batch_size=inner_batch_size, eval_inner_lr=eval_inner_lr,
             eval_inner_batch_size=eval_inner_batch_size, lr=lr, lr_final=lr_final, optimizer=optimizer,
             batching=batching, chunk_size=chunk_size, transductive=transductive, grad_clip=grad_clip,
+            eval_curve_steps=eval_curve_steps,
         )  # fmt: skip
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:

@@ -2,6 +2,7 @@
 
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import ClassificationTasks, Episode, EpisodeBatches, TaskSetTasks, sample_episode
+from lightning_meta.data.folder import FolderDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.sinusoid import SinusoidDataModule, SinusoidTasks
 
@@ -10,6 +11,7 @@ __all__ = [
     "Episode",
     "EpisodeBatches",
     "EpisodicDataModule",
+    "FolderDataModule",
     "OmniglotDataModule",
     "SinusoidDataModule",
     "SinusoidTasks",

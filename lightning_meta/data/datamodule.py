@@ -5,9 +5,34 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from lightning_meta.data.episode import ClassificationTasks, EpisodeBatches, TaskSource
+
+
+class StreamSampler(Sampler[int]):
+    """Meta-batches `start`..`stop`-1 of the training stream. Its length is `stop`, the whole run: Lightning
+    counts a resumed epoch's batches on from the step it resumed at and ends the epoch at this length."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop
+
+
+class StreamLoader(DataLoader):
+    """The training loader. Resumable by construction (it starts at the trainer's `global_step`), so it has no
+    state to save; the two methods tell Lightning so, which otherwise warns on every mid-epoch resume."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class EpisodicDataModule(pl.LightningDataModule):
@@ -101,11 +126,15 @@ class EpisodicDataModule(pl.LightningDataModule):
         if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
             raise ValueError("set trainer.max_steps (the number of meta-iterations); the task stream is sized by it")
         stop = max(trainer.max_steps, start + 1)
-        ids = range(start * self.meta_batch_size + rank, stop * self.meta_batch_size, world)
+        ids = range(rank, stop * self.meta_batch_size, world)  # item t: this rank's share of meta-batch t
         shots_queries = (self.train_shots, self.train_queries)
-        return self._loader(
-            EpisodeBatches(self.sources["train"], self.seed, "train", shots_queries, ids, self.meta_batch_size // world)
+        dataset = EpisodeBatches(
+            self.sources["train"], self.seed, "train", shots_queries, ids, self.meta_batch_size // world
         )
+        return StreamLoader(
+            dataset, batch_size=None, sampler=StreamSampler(start, stop), num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )  # fmt: skip
 
     def eval_batches(self, split: str, episodes: int) -> EpisodeBatches:
         """This rank's share of the fixed evaluation episodes 0..episodes-1 of `split`."""

@@ -114,8 +114,9 @@ class ClassificationTasks:
 class TaskSetTasks:
     """Adapter for a learn2learn-style taskset: `taskset.sample() -> (x, y)` with labels 0..N-1.
 
-    Each class's first `shots` examples become the support set, the next `queries` the query set. The taskset draws
-    from its own random state, so episodes are a pure function of the index only if the taskset is.
+    Each class's first `shots` examples become the support set, the next `queries` the query set; each set is
+    then shuffled (as in `ClassificationTasks`, so Reptile's consecutive mini-batches mix classes). The taskset
+    draws from its own random state, so episodes are a pure function of the index only if the taskset is.
     """
 
     def __init__(self, taskset) -> None:
@@ -135,7 +136,9 @@ class TaskSetTasks:
             )
         rank = torch.arange(len(y)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         support, query = rank < shots, (rank >= shots) & (rank < shots + queries)
-        return Episode(x[support], y[support], x[query], y[query])
+        ps = torch.randperm(int(support.sum()), generator=generator)
+        pq = torch.randperm(int(query.sum()), generator=generator)
+        return Episode(x[support][ps], y[support][ps], x[query][pq], y[query][pq])
 
 
 class EpisodeBatches(Dataset):

@@ -147,6 +147,8 @@ class OmniglotDataModule(EpisodicDataModule):
                 f"need 0 <= data.val_characters ({val_characters}) < data.train_characters ({train_characters}) "
                 "< 1623 Omniglot characters"
             )
+        if val_characters == 0:
+            self.val_episodes = 0  # no validation split: no validation runs (and checkpoints monitor nothing)
         self.folder = Path(root) / "omniglot"
         self.image_size, self.download = image_size, download
         self.train_characters, self.val_characters = train_characters, val_characters
