@@ -96,6 +96,9 @@ class MetaLearner(pl.LightningModule):
         self.val_metrics = EpisodeMetrics(task, self.eval_curve_steps)
         self.test_metrics = EpisodeMetrics(task, self.eval_curve_steps)
 
+    # Whether the algorithm is correct under bf16-mixed/16-mixed; `check_trainer` refuses it otherwise.
+    mixed_precision: bool = True
+    mixed_precision_note: str = ""
     # Static loss scale of the per-task functional gradients under 16-mixed; see algorithms/scaling.py.
     inner_loss_scale: float = 2.0**10
 
@@ -152,14 +155,16 @@ class MetaLearner(pl.LightningModule):
                 params = sgd_step(params, grads, lr)
         return params
 
-    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+    def predict(
+        self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None
+    ) -> Tensor:
         """Outputs for the queries under fast weights; non-transductive mode sees each query with the support set
-        only, so one query's prediction never depends on the others.
+        only, so one query's prediction never depends on the others. `transductive` overrides the module's flag.
 
         Shapes:
             support_x (N*K, *x), query_x (N*Q, *x) -> (N*Q, out).
         """
-        if self.transductive:
+        if self.transductive if transductive is None else transductive:
             return self(query_x, params)
         one = lambda q: self(torch.cat([support_x, q[None]]), params)[-1]
         return vmap(one)(query_x)
@@ -168,12 +173,23 @@ class MetaLearner(pl.LightningModule):
         """For one task: the meta-gradient w.r.t. `params` and logging metrics (query_loss, query_metric)."""
         raise NotImplementedError
 
-    def query_metrics(self, fast: Params, episode: Episode) -> dict[str, Tensor]:
+    def query_objective(
+        self, fast: Params, episode: Episode, transductive: bool | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Query loss of fast weights, with detached (query_loss, query_metric) as the auxiliary output for
+        `torch.func.grad(..., has_aux=True)`.
+
+        Shapes:
+            episode: one task, support_x (N*K, *x), query_x (N*Q, *x), query_y (N*Q,).
+        """
+        out = self.predict(fast, episode.support_x, episode.query_x, transductive)
+        loss, metric = loss_and_metric(out, episode.query_y, self.task)
+        return loss, {"query_loss": loss.detach(), "query_metric": metric.detach()}
+
+    def query_metrics(self, fast: Params, episode: Episode, transductive: bool | None = None) -> dict[str, Tensor]:
         """Query loss and metric of adapted weights (no gradient)."""
         with torch.no_grad():
-            out = self.predict(fast, episode.support_x, episode.query_x)
-            loss, metric = loss_and_metric(out, episode.query_y, self.task)
-        return {"query_loss": loss, "query_metric": metric}
+            return self.query_objective(fast, episode, transductive)[1]
 
     def evaluate_task(self, params: Params, episode: Episode) -> dict[str, Tensor]:
         """Adapt with the evaluation settings, then score the query set; with `eval_curve_steps` also "curve",

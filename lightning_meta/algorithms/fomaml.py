@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.algorithms.functional import Params, detach, query_objective
+from lightning_meta.algorithms.functional import Params, detach
 from lightning_meta.data.episode import Episode
 
 
@@ -55,4 +53,4 @@ class FOMAML(MetaLearner):
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         fast = detach(self.inner_loop(params, episode.support_x, episode.support_y))
-        return self.scaled_grad(partial(query_objective, self), has_aux=True)(fast, episode)
+        return self.scaled_grad(self.query_objective, has_aux=True)(fast, episode)

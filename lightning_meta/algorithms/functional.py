@@ -100,15 +100,3 @@ def conjugate_gradient(matvec, b: Params, steps: int, damping: float = 0.0) -> P
         p = axpy(_ratio(rr_next, rr), p, r)  # r + beta p
         rr = rr_next
     return x
-
-
-def query_objective(learner, fast: Params, episode) -> tuple[Tensor, dict[str, Tensor]]:
-    """Query loss of fast weights, with (query_loss, query_metric) as the auxiliary output of
-    `torch.func.grad(..., has_aux=True)`. Predictions go through `learner.predict` (transductive flag honoured).
-
-    Shapes:
-        episode: one task, support_x (N*K, *x), query_x (N*Q, *x), query_y (N*Q,).
-    """
-    out = learner.predict(fast, episode.support_x, episode.query_x)
-    loss, metric = loss_and_metric(out, episode.query_y, learner.task)
-    return loss, {"query_loss": loss.detach(), "query_metric": metric.detach()}

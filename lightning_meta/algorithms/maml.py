@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.algorithms.functional import Params, query_objective
+from lightning_meta.algorithms.functional import Params
 from lightning_meta.data.episode import Episode
 
 
@@ -54,6 +54,6 @@ class MAML(MetaLearner):
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         def adapted_query_loss(theta: Params) -> tuple[Tensor, dict[str, Tensor]]:
             fast = self.inner_loop(theta, episode.support_x, episode.support_y)  # differentiable under grad
-            return query_objective(self, fast, episode)
+            return self.query_objective(fast, episode)
 
         return self.scaled_grad(adapted_query_loss, has_aux=True)(params)

@@ -50,4 +50,6 @@ class Reptile(MetaLearner):
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         fast = self.inner_loop(params, episode.support_x, episode.support_y)
-        return subtract(params, fast), self.query_metrics(fast, episode)
+        # The query set only feeds the training log: score it as one batch, whatever `transductive` says (the
+        # per-query non-transductive path would cost as much as the inner loop itself).
+        return subtract(params, fast), self.query_metrics(fast, episode, transductive=True)

@@ -103,6 +103,11 @@ def _precision_problems(precision: str, learner: Any, requested_precision: Any) 
             "than a weight's rounding step are lost; use trainer.precision=bf16-mixed (CPU or GPU) or "
             "16-mixed (GPU)"
         ]
+    if precision in MIXED_PRECISION and not learner.mixed_precision:
+        return [
+            f"trainer.precision={precision}: {type(learner).__name__} runs in 32-bit only "
+            f"({learner.mixed_precision_note}); use trainer.precision=32-true"
+        ]
     batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learner.backbone.modules())
     if precision in MIXED_PRECISION and learner.batching == "vmap" and batch_norm:
         return [

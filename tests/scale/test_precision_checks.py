@@ -17,7 +17,7 @@ from lightning_meta.config import ConfigError
 from lightning_meta.run import main
 
 
-def _fake(precision="32-true", batching="loop", backbone=None, **trainer):
+def _fake(precision="32-true", batching="loop", backbone=None, mixed=True, **trainer):
     """A (trainer, learner) pair with only what `check_trainer` reads; defaults pass every check."""
     fields = dict(accumulate_grad_batches=1, gradient_clip_val=None, world_size=1, inference_mode=False,
                   sampler=False) | trainer  # fmt: skip
@@ -27,7 +27,9 @@ def _fake(precision="32-true", batching="loop", backbone=None, **trainer):
         validate_loop=SimpleNamespace(inference_mode=fields["inference_mode"]),
         _accelerator_connector=SimpleNamespace(use_distributed_sampler=fields["sampler"]),
     )  # fmt: skip
-    return fake_trainer, SimpleNamespace(batching=batching, backbone=backbone or nn.Linear(2, 2))
+    learner = SimpleNamespace(batching=batching, backbone=backbone or nn.Linear(2, 2), mixed_precision=mixed,
+                              mixed_precision_note="its reason")  # fmt: skip
+    return fake_trainer, learner
 
 
 BN = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
@@ -41,6 +43,7 @@ BN = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=Fal
         (dict(precision="bf16-mixed"), "16-mixed", r"trainer\.precision=16-mixed needs a CUDA GPU \(on CPU"),
         (dict(precision="bf16-mixed", batching="vmap", backbone=BN), None,
          r"bf16-mixed with algorithm\.batching=vmap fails for a backbone with batch norm .*batching=loop"),
+        (dict(precision="bf16-mixed", mixed=False), None, r"SimpleNamespace runs in 32-bit only \(its reason\); use "),
         (dict(accumulate_grad_batches=4), None, r"accumulate_grad_batches=4: .* raise data\.meta_batch_size"),
         (dict(gradient_clip_val=0.5), None, r"set algorithm\.grad_clip=0\.5 and trainer\.gradient_clip_val=null"),
         (dict(inference_mode=True), None, r"needs autograd; set trainer\.inference_mode=false"),
@@ -87,3 +90,10 @@ def test_vmap_batch_norm_under_autocast_still_fails_in_torch():
     loss = lambda w, x: torch.nn.functional.batch_norm(conv(w, x), None, None, *affine, training=True).float().mean()
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="expected scalar type"):
         torch.func.vmap(grad(loss), in_dims=(None, 0))(torch.randn(2, 1, 3, 3), torch.randn(2, 4, 1, 5, 5))
+
+
+def test_imaml_refuses_mixed_precision_at_start_up():
+    learner, _ = sine_learner("imaml")
+    trainer = pl.Trainer(precision="bf16-mixed", **QUIET)
+    with pytest.raises(ConfigError, match=r"bf16-mixed: IMAML runs in 32-bit only \(forward-over-reverse"):
+        check_trainer(trainer, learner)
