@@ -2,7 +2,7 @@
 
 A worked example of writing your own algorithm: subclass an existing learner, override one hook.
 Select it with `python train.py experiment=maml_omniglot_5w1s algorithm._target_=examples.anil.ANIL`
-(see docs/write_your_own.md).
+(see "Write your own algorithm" in README.md).
 """
 
 from __future__ import annotations

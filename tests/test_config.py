@@ -27,10 +27,7 @@ def test_cli_unknown_key_exits_with_the_nearest_key(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert (
-        "error: unknown key data.way for lightning_meta.data.OmniglotDataModule; did you mean ways?"
-        in proc.stderr
-    )
+    assert "error: unknown key data.way for lightning_meta.data.OmniglotDataModule; did you mean ways?" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
 
 

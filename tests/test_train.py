@@ -68,11 +68,7 @@ def test_omniglot_run(shrink):
     assert {v for _, v in tags["test/episodes"]} == {4.0}
     assert tags["train/lr"][0][1] == 1.0 and tags["train/lr"][-1][1] == 0.25  # meta step size 1 -> 0 over 4
     config = check_checkpoint(out, steps=4)
-    assert (
-        config["model"]["hidden"] == 8
-        and config["data"]["ways"] == 5
-        and config["selection"]["data"] == "omniglot"
-    )
+    assert config["model"]["hidden"] == 8 and config["data"]["ways"] == 5 and config["selection"]["data"] == "omniglot"
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(names) == 2 and names[1] == "last.ckpt" and names[0].startswith("best-")
 

@@ -155,9 +155,7 @@ class MetaLearner(pl.LightningModule):
                 params = sgd_step(params, grads, lr)
         return params
 
-    def predict(
-        self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None
-    ) -> Tensor:
+    def predict(self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None) -> Tensor:
         """Outputs for the queries under fast weights; non-transductive mode sees each query with the support set
         only, so one query's prediction never depends on the others. `transductive` overrides the module's flag.
 

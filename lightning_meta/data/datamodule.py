@@ -100,7 +100,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.sources = self.build_sources()
         for split, source in self.sources.items():
             if isinstance(source, ClassificationTasks):
-                shots_queries = (self.train_shots, self.train_queries) if split == "train" else (self.shots, self.queries)
+                train = split == "train"
+                shots_queries = (self.train_shots, self.train_queries) if train else (self.shots, self.queries)
                 source.check_shots(*shots_queries, split)
 
     def _rank_world(self) -> tuple[int, int]:

@@ -44,7 +44,7 @@ def sample_episode(source: TaskSource, seed: int, split: str, index: int, shots:
 
 
 def stack_episodes(episodes: Sequence[Episode]) -> Episode:
-    return Episode(*(torch.stack(field) for field in zip(*episodes)))
+    return Episode(*(torch.stack(field) for field in zip(*episodes, strict=True)))
 
 
 class ClassificationTasks:
@@ -106,9 +106,7 @@ class ClassificationTasks:
         # Shuffle within each set so no code can lean on class order (Reptile takes consecutive mini-batches).
         ps = torch.randperm(len(support_y), generator=generator)
         pq = torch.randperm(len(query_y), generator=generator)
-        return Episode(
-            support_x[ps].float().div_(255.0), support_y[ps], query_x[pq].float().div_(255.0), query_y[pq]
-        )
+        return Episode(support_x[ps].float().div_(255.0), support_y[ps], query_x[pq].float().div_(255.0), query_y[pq])
 
 
 class TaskSetTasks:

@@ -58,9 +58,7 @@ def test_meta_gradient_is_theta_minus_phi_conv4(batching, optimizer, lr):
     # A conv bias before batch norm has gradient exactly 0; Adam scales its round-off up to ~1e-9 steps.
     atol = 1e-8 if optimizer == "adam" else 1e-10
     for t in range(3):
-        phi = reference_phi(
-            backbone, batch.support_x[t], batch.support_y[t], optimizer, lr, 5, 4, F.cross_entropy
-        )
+        phi = reference_phi(backbone, batch.support_x[t], batch.support_y[t], optimizer, lr, 5, 4, F.cross_entropy)
         moved = 0.0
         for name, p in backbone.named_parameters():
             expected = p.detach() - phi[name]
@@ -95,9 +93,7 @@ def test_adapt_uses_the_evaluation_settings():
     batch = _conv_task_batch(1)
     theta = {k: v.clone() for k, v in learner.params().items()}
     predictor = learner.adapt(batch.support_x[0], batch.support_y[0])
-    phi = reference_phi(
-        backbone, batch.support_x[0], batch.support_y[0], "sgd", 0.05, 3, None, F.cross_entropy
-    )
+    phi = reference_phi(backbone, batch.support_x[0], batch.support_y[0], "sgd", 0.05, 3, None, F.cross_entropy)
     for name in phi:
         torch.testing.assert_close(predictor.params[name], phi[name], rtol=1e-9, atol=1e-10)
         assert torch.equal(learner.params()[name], theta[name]), "adapt must leave the meta-weights alone"
@@ -124,9 +120,7 @@ class _Recorder(pl.Callback):
         self.logged.append(float(trainer.callback_metrics["train/lr"]))
 
 
-def _fit(
-    learner: Reptile, max_steps: int, meta_batch_size: int = 2
-) -> tuple[pl.Trainer, _Recorder, _RandomImages]:
+def _fit(learner: Reptile, max_steps: int, meta_batch_size: int = 2) -> tuple[pl.Trainer, _Recorder, _RandomImages]:
     dm = _RandomImages(ways=WAYS, shots=1, queries=1, train_shots=SHOTS, meta_batch_size=meta_batch_size,
                        val_episodes=0, seed=3)  # fmt: skip
     recorder = _Recorder()

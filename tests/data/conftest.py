@@ -49,9 +49,7 @@ class IdDataModule(EpisodicDataModule):
 
 def fake_trainer(global_step: int = 0, max_steps: int = 10, global_rank: int = 0, world_size: int = 1):
     """The four trainer attributes the data module reads."""
-    return SimpleNamespace(
-        global_step=global_step, max_steps=max_steps, global_rank=global_rank, world_size=world_size
-    )
+    return SimpleNamespace(global_step=global_step, max_steps=max_steps, global_rank=global_rank, world_size=world_size)
 
 
 @pytest.fixture

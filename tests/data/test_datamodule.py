@@ -17,9 +17,7 @@ def _equal(a: Episode, b: Episode) -> bool:
 
 
 def test_train_stream_is_sized_by_max_steps(make_datamodule, idkit):
-    dm = make_datamodule(
-        idkit.trainer(max_steps=5), ways=3, shots=2, queries=3, train_shots=4, train_queries=1
-    )
+    dm = make_datamodule(idkit.trainer(max_steps=5), ways=3, shots=2, queries=3, train_shots=4, train_queries=1)
     batches = _batches(dm.train_dataloader())
     assert len(batches) == 5
     assert batches[0].support_x.shape == (4, 12, 1, 2, 2)  # meta_batch_size 4, 3 ways x 4 train shots
@@ -107,9 +105,7 @@ def test_evaluation_episodes_are_fixed(make_datamodule, idkit):
 
 
 def test_evaluation_shards_over_ranks(make_datamodule, idkit):
-    one = torch.cat(
-        [b.query_x for b in make_datamodule(test_episodes=6, eval_batch_size=2).test_dataloader()]
-    )
+    one = torch.cat([b.query_x for b in make_datamodule(test_episodes=6, eval_batch_size=2).test_dataloader()])
     parts = [
         torch.cat([b.query_x for b in make_datamodule(idkit.trainer(0, 3, r, 2), test_episodes=6,
                                                       eval_batch_size=2).test_dataloader()])

@@ -76,9 +76,7 @@ def test_sampling_is_a_pure_function(idkit):
     again = sample_episode(idkit.tasks(), 3, "train", 11, 2, 3)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     torch.manual_seed(123)  # the global RNG plays no part
-    assert all(
-        torch.equal(a, b) for a, b in zip(first, sample_episode(source, 3, "train", 11, 2, 3), strict=True)
-    )
+    assert all(torch.equal(a, b) for a, b in zip(first, sample_episode(source, 3, "train", 11, 2, 3), strict=True))
     ids = idkit.decode(first.support_x)
     for other in [(4, "train", 11), (3, "val", 11), (3, "train", 12)]:
         changed = sample_episode(source, *other, 2, 3)

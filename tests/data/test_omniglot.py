@@ -120,9 +120,7 @@ def test_rotation_classes_are_rotated_base_characters(datamodule, data):
         ep = sample_episode(source, 0, "train", index, 3, 2)
         x = torch.cat([ep.support_x, ep.query_x]).mul(255).round().to(torch.uint8).flatten(1)
         y = torch.cat([ep.support_y, ep.query_y])
-        keys = [
-            set.intersection(*(lookup[row.numpy().tobytes()] for row in x[y == label])) for label in range(5)
-        ]
+        keys = [set.intersection(*(lookup[row.numpy().tobytes()] for row in x[y == label])) for label in range(5)]
         assert all(len(k) >= 1 for k in keys), "examples of one label are not one turned character"
         turns.update(k for key in keys for _, k in key)
     assert turns == {0, 1, 2, 3}
@@ -192,18 +190,14 @@ def test_extracted_folders_read_like_the_archives(tmp_path):
 def test_corrupt_archive_names_the_fix(tmp_path):
     for name in ("images_background", "images_evaluation"):
         (tmp_path / f"{name}.zip").write_bytes(b"not a zip file")
-    with pytest.raises(
-        RuntimeError, match=r"images_background\.zip is not a valid zip archive .* delete it and run"
-    ):
+    with pytest.raises(RuntimeError, match=r"images_background\.zip is not a valid zip archive .* delete it and run"):
         load_omniglot(tmp_path, download=False)
     assert not (tmp_path / "omniglot_28.pt").exists()
 
 
 def test_missing_archives_without_download(tmp_path):
     dm = OmniglotDataModule(root=str(tmp_path), download=False)
-    with pytest.raises(
-        FileNotFoundError, match=r"put images_background\.zip and images_evaluation\.zip there"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"put images_background\.zip and images_evaluation\.zip there"):
         dm.prepare_data()
     assert not (tmp_path / "omniglot").exists() or not any((tmp_path / "omniglot").iterdir())
 

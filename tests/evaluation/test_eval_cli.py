@@ -54,9 +54,7 @@ def test_eval_reproduces_the_test_metrics_the_training_run_logged(omniglot_run, 
 def test_eval_script_applies_overrides_and_writes_the_default_json(omniglot_run):
     argv = [f"ckpt_path={omniglot_run.best}", "algorithm.transductive=false", "data.test_episodes=3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "eval.py", *argv], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "eval.py", *argv], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("test/acc = ")
@@ -132,17 +130,12 @@ def test_eval_without_a_checkpoint_says_what_to_give(argv, message, capsys):
 def test_override_config_changes_only_the_overridden_keys_and_validates():
     saved = OmegaConf.to_container(load_config(["data=sinusoid"]), resolve=True)
     snapshot = json.dumps(saved, sort_keys=True)
-    cfg = override_config(
-        saved, ["data.test_episodes=10000", "data.queries=1", "algorithm.eval_curve_steps=[1,5]"]
-    )
+    cfg = override_config(saved, ["data.test_episodes=10000", "data.queries=1", "algorithm.eval_curve_steps=[1,5]"])
     assert json.dumps(saved, sort_keys=True) == snapshot  # the saved dict is not modified
     changed = OmegaConf.to_container(cfg)
     assert changed["data"].pop("test_episodes") == 10000 and saved["data"].pop("test_episodes") == 600
     assert changed["data"].pop("queries") == 1 and saved["data"].pop("queries") == 10
-    assert (
-        changed["algorithm"].pop("eval_curve_steps") == [1, 5]
-        and saved["algorithm"].pop("eval_curve_steps") is None
-    )
+    assert changed["algorithm"].pop("eval_curve_steps") == [1, 5] and saved["algorithm"].pop("eval_curve_steps") is None
     assert changed == saved
     assert OmegaConf.is_struct(cfg)
 
@@ -165,6 +158,4 @@ def test_sine_curve_points_equal_evaluations_with_that_many_steps(sine_run, tmp_
         assert report["metrics"]["test/mse"] == metrics[f"test/mse_step{k}"]
         assert report["metrics"]["test/mse_ci95"] == metrics[f"test/mse_step{k}_ci95"]
         mse, ci = metrics[f"test/mse_step{k}"], metrics[f"test/mse_step{k}_ci95"]
-        assert (
-            lines[0] == f"test/mse = {mse:.4g} ± {ci:.2g} (6 episodes, 5-shot, {k} inner steps, transductive)"
-        )
+        assert lines[0] == f"test/mse = {mse:.4g} ± {ci:.2g} (6 episodes, 5-shot, {k} inner steps, transductive)"

@@ -97,7 +97,5 @@ def test_curve_costs_nothing_when_off_and_one_inner_loop_per_extra_point():
 
 
 def test_negative_curve_steps_are_rejected():
-    with pytest.raises(
-        ValueError, match=r"algorithm.eval_curve_steps=\[1, -1\]; give inner-step counts >= 0"
-    ):
+    with pytest.raises(ValueError, match=r"algorithm.eval_curve_steps=\[1, -1\]; give inner-step counts >= 0"):
         Reptile(MLP(1, (8,), 1), task="regression", eval_curve_steps=[1, -1])

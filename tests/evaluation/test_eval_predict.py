@@ -14,9 +14,7 @@ from lightning_meta.models import Conv4
 def learner(transductive: bool) -> Reptile:
     torch.manual_seed(0)
     backbone = Conv4(out_features=3, hidden=8, image_size=8)
-    return Reptile(
-        backbone, inner_optimizer="sgd", inner_lr=0.1, eval_inner_steps=2, transductive=transductive
-    )
+    return Reptile(backbone, inner_optimizer="sgd", inner_lr=0.1, eval_inner_steps=2, transductive=transductive)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -70,9 +68,7 @@ def test_non_transductive_evaluation_scores_each_query_with_the_support_set_only
     out = meta.map_tasks(meta.evaluate_task, meta.params(), batch)
     for t in range(2):
         fast = meta.inner_loop(meta.params(), batch.support_x[t], batch.support_y[t], evaluation=True)
-        logits = torch.stack(
-            [meta(torch.cat([batch.support_x[t], q[None]]), fast)[-1] for q in batch.query_x[t]]
-        )
+        logits = torch.stack([meta(torch.cat([batch.support_x[t], q[None]]), fast)[-1] for q in batch.query_x[t]])
         loss = F.cross_entropy(logits, batch.query_y[t])
         accuracy = (logits.argmax(-1) == batch.query_y[t]).float().mean()
         torch.testing.assert_close(out["query_loss"][t], loss, rtol=1e-5, atol=1e-6)

@@ -55,12 +55,8 @@ def test_curve_scalars_are_logged_for_validation_and_test(omniglot_run, sine_run
     } <= set(scalars)
     sine = events(sine_run)
     for k in (1, 5, 10):
-        assert (
-            len(sine.Scalars(f"val/mse_step{k}")) == 2
-        )  # two validations (Lightning logs them at steps 1, 3)
-        logged = {
-            e.value for e in sine.Scalars(f"test/mse_step{k}")
-        }  # by the test, again for the HParams tab
+        assert len(sine.Scalars(f"val/mse_step{k}")) == 2  # two validations (Lightning logs them at steps 1, 3)
+        logged = {e.value for e in sine.Scalars(f"test/mse_step{k}")}  # by the test, again for the HParams tab
         assert logged == {sine_run.metrics[f"test/mse_step{k}"]}
 
 
