@@ -104,10 +104,19 @@ def _target(path: str) -> Any:
 
 
 def _signature_params(target: Any) -> dict[str, inspect.Parameter]:
-    fn = target.__init__ if inspect.isclass(target) else target
-    hints = typing.get_type_hints(fn)
-    params = inspect.signature(fn).parameters
-    return {k: p.replace(annotation=hints.get(k, p.annotation)) for k, p in params.items() if k != "self"}
+    """The keyword arguments `target` accepts. A constructor that passes `**kwargs` on to its parent's is read
+    together with the parent's (a subclass lists only the arguments it adds or whose defaults it changes)."""
+    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    params: dict[str, inspect.Parameter] = {}
+    for fn in chain:
+        hints = typing.get_type_hints(fn)
+        own = inspect.signature(fn).parameters
+        for name, p in own.items():
+            if name != "self" and name not in params:
+                params[name] = p.replace(annotation=hints.get(name, p.annotation))
+        if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
+            return {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return params
 
 
 def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> None:

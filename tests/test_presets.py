@@ -3,14 +3,13 @@ names its paper number and command, lists only what differs, and trains a few st
 
 from __future__ import annotations
 
-import inspect
 import re
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_meta.config import CONFIG_DIR, PROVIDED, _target, check_node, instantiate, load_config
+from lightning_meta.config import CONFIG_DIR, PROVIDED, _signature_params, _target, check_node, instantiate, load_config
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.run import train
 
@@ -34,7 +33,7 @@ def test_group_yaml_mirrors_its_constructor_and_instantiates(group, name, tmp_pa
     check_node(node, group, PROVIDED.get(group, ()))
     target = _target(node._target_)
     if group != "trainer":  # configs mirror constructors: every argument is written down once
-        params = inspect.signature(target.__init__).parameters
+        params = _signature_params(target)  # with **kwargs, the parents' arguments too
         missing = set(params) - {"self", *PROVIDED.get(group, ())} - set(node)
         assert not missing, f"configs/{group}/{name}.yaml lacks {sorted(missing)}"
     if group == "algorithm":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.func import jvp
@@ -28,7 +30,7 @@ class IMAML(MetaLearner):
     is never kept, so memory does not grow with `inner_steps`. The solve is exact at an exact minimiser; more
     inner steps get closer to one.
 
-    Args (beyond `MetaLearner`'s):
+    Args (beyond `MetaLearner`'s, whose other defaults it changes to the paper's: 16 inner SGD steps at 0.1):
         lam: proximal strength lambda (paper: 2.0); larger keeps phi nearer theta.
         eval_lam: lambda when evaluating (None: `lam`; 0: plain fine-tuning, as the authors' test script).
         cg_steps: conjugate-gradient steps per task (paper: 5).
@@ -47,35 +49,19 @@ class IMAML(MetaLearner):
     def __init__(
         self,
         backbone: nn.Module,
-        task: str = "classification",
-        inner_lr: float = 0.1,
-        inner_steps: int = 16,
-        eval_inner_steps: int = 16,
-        inner_optimizer: str = "sgd",
-        inner_batch_size: int | None = None,
-        eval_inner_lr: float | None = None,
-        eval_inner_batch_size: int | None = None,
-        lr: float = 1e-3,
-        lr_final: float | None = None,
-        optimizer: str = "adam",
-        batching: str = "vmap",
-        chunk_size: int | None = None,
-        transductive: bool = True,
-        grad_clip: float | None = None,
-        eval_curve_steps: list[int] | None = None,
+        *,
         lam: float = 2.0,
         eval_lam: float | None = None,
         cg_steps: int = 5,
         cg_damping: float = 0.0,
+        inner_lr: float = 0.1,
+        inner_steps: int = 16,
+        eval_inner_steps: int = 16,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            backbone, task=task, inner_lr=inner_lr, inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps, inner_optimizer=inner_optimizer,
-            inner_batch_size=inner_batch_size, eval_inner_lr=eval_inner_lr,
-            eval_inner_batch_size=eval_inner_batch_size, lr=lr, lr_final=lr_final, optimizer=optimizer,
-            batching=batching, chunk_size=chunk_size, transductive=transductive, grad_clip=grad_clip,
-            eval_curve_steps=eval_curve_steps,
-        )  # fmt: skip
+            backbone, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, **kwargs
+        )
         if lam <= 0:
             raise ValueError(f"algorithm.lam={lam}; it must be positive (the paper uses 2.0)")
         if eval_lam is not None and eval_lam < 0:

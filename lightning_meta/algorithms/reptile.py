@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import MetaLearner
@@ -23,29 +25,23 @@ class Reptile(MetaLearner):
     def __init__(
         self,
         backbone: nn.Module,
-        task: str = "classification",
+        *,
         inner_lr: float = 1e-3,
         inner_steps: int = 5,
         eval_inner_steps: int = 50,
         inner_optimizer: str = "adam",
         inner_batch_size: int | None = 10,
-        eval_inner_lr: float | None = None,
-        eval_inner_batch_size: int | None = None,
         lr: float = 1.0,
         lr_final: float | None = 0.0,
         optimizer: str = "sgd",
-        batching: str = "vmap",
-        chunk_size: int | None = None,
-        transductive: bool = True,
-        grad_clip: float | None = None,
-        eval_curve_steps: list[int] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """The paper's Omniglot defaults: 5 Adam(beta1=0) steps at 1e-3 on mini-batches of 10, 50 at evaluation,
+        outer SGD whose lr (the meta step size) anneals 1 -> 0. Other arguments: see `MetaLearner`."""
         super().__init__(
-            backbone, task=task, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
-            inner_optimizer=inner_optimizer, inner_batch_size=inner_batch_size, eval_inner_lr=eval_inner_lr,
-            eval_inner_batch_size=eval_inner_batch_size, lr=lr, lr_final=lr_final, optimizer=optimizer,
-            batching=batching, chunk_size=chunk_size, transductive=transductive, grad_clip=grad_clip,
-            eval_curve_steps=eval_curve_steps,
+            backbone, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
+            inner_optimizer=inner_optimizer, inner_batch_size=inner_batch_size, lr=lr, lr_final=lr_final,
+            optimizer=optimizer, **kwargs,
         )  # fmt: skip
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -54,30 +55,20 @@ class FolderDataModule(EpisodicDataModule):
         root: folder holding the `train/`, `val/` and `test/` split folders (`val/` may be absent).
         image_size: side the images are resized to (84 for Mini-ImageNet).
         channels: 3 (RGB) or 1 (grey).
+        meta_batch_size: tasks per meta-iteration (MAML's Mini-ImageNet value: 4).
+        **kwargs: the episode shape and sizes, see `EpisodicDataModule`.
     """
 
     def __init__(
         self,
         root: str = "data/miniimagenet",
-        ways: int = 5,
-        shots: int = 1,
-        queries: int = 15,
-        meta_batch_size: int = 4,
-        val_episodes: int = 100,
-        test_episodes: int = 600,
-        seed: int = 0,
-        train_shots: int | None = None,
-        train_queries: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        *,
         image_size: int = 84,
         channels: int = 3,
+        meta_batch_size: int = 4,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, val_episodes=val_episodes,
-            test_episodes=test_episodes, seed=seed, train_shots=train_shots, train_queries=train_queries,
-            eval_batch_size=eval_batch_size, num_workers=num_workers,
-        )  # fmt: skip
+        super().__init__(meta_batch_size=meta_batch_size, **kwargs)
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels}; use 1 (grey) or 3 (RGB)")
         self.root, self.image_size, self.channels = Path(root), image_size, channels

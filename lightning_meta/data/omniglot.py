@@ -8,6 +8,7 @@ import re
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -114,34 +115,22 @@ class OmniglotDataModule(EpisodicDataModule):
         rotations: add 90/180/270-degree rotations of each training character as new classes.
         split_seed: seed of the character shuffle (fixed, independent of the run's seed).
         download: fetch the archives when they are missing.
+        **kwargs: the episode shape and sizes, see `EpisodicDataModule`.
     """
 
     def __init__(
         self,
         root: str = "data",
-        ways: int = 5,
-        shots: int = 1,
-        queries: int = 15,
-        meta_batch_size: int = 32,
-        val_episodes: int = 100,
-        test_episodes: int = 600,
-        seed: int = 0,
-        train_shots: int | None = None,
-        train_queries: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        *,
         image_size: int = 28,
         train_characters: int = 1200,
         val_characters: int = 100,
         rotations: bool = True,
         split_seed: int = 0,
         download: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            ways=ways, shots=shots, queries=queries, meta_batch_size=meta_batch_size, val_episodes=val_episodes,
-            test_episodes=test_episodes, seed=seed, train_shots=train_shots, train_queries=train_queries,
-            eval_batch_size=eval_batch_size, num_workers=num_workers,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if not 0 <= val_characters < train_characters < 1623:
             raise ValueError(
                 f"need 0 <= data.val_characters ({val_characters}) < data.train_characters ({train_characters}) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -39,31 +40,30 @@ class SinusoidTasks:
 
 
 class SinusoidDataModule(EpisodicDataModule):
-    """Sine-wave regression; the same task distribution for every split, told apart by the episode seed."""
+    """Sine-wave regression; the same task distribution for every split, told apart by the episode seed.
+
+    Args:
+        amplitude, phase, x_range: (low, high) of the uniform distributions of A, the phase and x.
+        ways: always 1 (there are no classes); other arguments: see `EpisodicDataModule`.
+    """
 
     task = "regression"
 
     def __init__(
         self,
+        *,
         shots: int = 5,
         queries: int = 10,
         meta_batch_size: int = 25,
-        val_episodes: int = 100,
-        test_episodes: int = 600,
-        seed: int = 0,
-        train_shots: int | None = None,
-        train_queries: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         amplitude: tuple[float, float] = (0.1, 5.0),
         phase: tuple[float, float] = (0.0, math.pi),
         x_range: tuple[float, float] = (-5.0, 5.0),
+        ways: int = 1,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            ways=1, shots=shots, queries=queries, meta_batch_size=meta_batch_size, val_episodes=val_episodes,
-            test_episodes=test_episodes, seed=seed, train_shots=train_shots, train_queries=train_queries,
-            eval_batch_size=eval_batch_size, num_workers=num_workers,
-        )  # fmt: skip
+        if ways != 1:
+            raise ValueError(f"data.ways={ways}: sine regression has no classes; leave data.ways at 1")
+        super().__init__(ways=1, shots=shots, queries=queries, meta_batch_size=meta_batch_size, **kwargs)
         self.tasks = SinusoidTasks(tuple(amplitude), tuple(phase), tuple(x_range))
 
     def build_sources(self) -> dict[str, TaskSource]:
