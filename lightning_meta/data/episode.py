@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
@@ -41,6 +44,25 @@ def sample_episode(source: TaskSource, seed: int, split: str, index: int, shots:
     """Episode `index` of `split`: a pure function of its arguments."""
     generator = torch.Generator().manual_seed(episode_seed(seed, split, index))
     return source.sample_task(generator, shots, queries)
+
+
+def cached(path: Path, build: Callable[[], dict]) -> dict:
+    """`build()` once, saved to `path` and loaded from there afterwards. A folder that cannot be written (a
+    read-only data mount) only costs decoding again on the next start."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    data = build()
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        torch.save(data, partial)
+        partial.replace(path)  # atomic: a concurrent reader never sees half a cache
+    except OSError as error:
+        warnings.warn(
+            f"could not write the decoded cache {path} ({error}); it will be decoded again on the next start. "
+            "Copy the data into a writable data.root to keep the cache",
+            stacklevel=2,
+        )
+    return data
 
 
 def stack_episodes(episodes: Sequence[Episode]) -> Episode:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 from PIL import Image
 
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.episode import ClassificationTasks, TaskSource
+from lightning_meta.data.episode import ClassificationTasks, TaskSource, cached
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -38,13 +37,7 @@ def decode_folder(split_dir: Path, image_size: int, channels: int) -> dict:
 def load_folder(split_dir: Path, image_size: int, channels: int) -> dict:
     """The decoded split, cached as `<split>_<size>px_<channels>c.pt` beside the split folder."""
     cache = split_dir.parent / f"{split_dir.name}_{image_size}px_{channels}c.pt"
-    if cache.exists():
-        return torch.load(cache, weights_only=True)
-    data = decode_folder(split_dir, image_size, channels)
-    partial = cache.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(data, partial)
-    partial.replace(cache)
-    return data
+    return cached(cache, lambda: decode_folder(split_dir, image_size, channels))
 
 
 class FolderDataModule(EpisodicDataModule):

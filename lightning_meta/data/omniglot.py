@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import urllib.request
 import zipfile
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.episode import ClassificationTasks, TaskSource
+from lightning_meta.data.episode import ClassificationTasks, TaskSource, cached
 
 ARCHIVES = ("images_background", "images_evaluation")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
@@ -82,22 +81,19 @@ def decode_omniglot(folder: Path, image_size: int = 28) -> dict:
 
 def load_omniglot(folder: Path, image_size: int = 28, download: bool = True) -> dict:
     """The decoded dataset, from `omniglot_<size>.pt` beside the archives when present (decoding takes ~1 min)."""
-    cache = folder / f"omniglot_{image_size}.pt"
-    if cache.exists():
-        return torch.load(cache, weights_only=True)
     have = all((folder / f"{n}.zip").exists() or (folder / n).is_dir() for n in ARCHIVES)
-    if not have:
-        if not download:
-            raise FileNotFoundError(
-                f"Omniglot archives not found in {folder}; put images_background.zip and images_evaluation.zip "
-                "there or allow the download"
-            )
-        download_omniglot(folder)
-    data = decode_omniglot(folder, image_size)
-    partial = cache.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(data, partial)
-    partial.replace(cache)  # atomic: a concurrent reader never sees half a cache
-    return data
+
+    def build() -> dict:
+        if not have:
+            if not download:
+                raise FileNotFoundError(
+                    f"Omniglot archives not found in {folder}; put images_background.zip and images_evaluation.zip "
+                    "there or allow the download"
+                )
+            download_omniglot(folder)
+        return decode_omniglot(folder, image_size)
+
+    return cached(folder / f"omniglot_{image_size}.pt", build)
 
 
 class OmniglotDataModule(EpisodicDataModule):

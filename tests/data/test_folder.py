@@ -60,3 +60,15 @@ def test_miniimagenet_config_selects_the_rgb_network(tmp_path: Path) -> None:
     model = instantiate(cfg.model)
     assert model(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
     assert cfg.selection.model == "conv4_rgb"
+
+
+def test_unwritable_cache_warns_and_still_returns_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_meta.data.episode import cached
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(torch, "save", refuse)
+    with pytest.warns(UserWarning, match=r"could not write the decoded cache .*writable data.root"):
+        data = cached(tmp_path / "c.pt", lambda: {"x": torch.arange(3)})
+    assert torch.equal(data["x"], torch.arange(3)) and not (tmp_path / "c.pt").exists()
