@@ -16,7 +16,9 @@ class Reptile(MetaLearner):
 
     With outer SGD at lr epsilon (the meta step size, annealed linearly to `lr_final`) the update is
     theta <- theta + epsilon * mean_i(phi_i - theta), the paper's batched Algorithm 2.
-    The query set is used only to log the post-adaptation query loss.
+    The query set is used only to log the post-adaptation query loss. The inner Adam state starts fresh for
+    every task, so the tasks of a meta-batch are independent and run as one vmap (supervised-reptile carries its
+    inner Adam moments from task to task, which serialises the meta-batch).
 
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.

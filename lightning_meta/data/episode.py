@@ -132,7 +132,8 @@ class ClassificationTasks:
 
 
 class TaskSetTasks:
-    """Adapter for a learn2learn-style taskset: `taskset.sample() -> (x, y)` with labels 0..N-1.
+    """Adapter for a learn2learn-style taskset: `taskset.sample() -> (x, y)`; labels are remapped to 0..N-1 in
+    sorted order of the taskset's own (so raw class ids work too).
 
     Each class's first `shots` examples become the support set, the next `queries` the query set; each set is
     then shuffled (as in `ClassificationTasks`, so Reptile's consecutive mini-batches mix classes). The taskset
@@ -146,7 +147,7 @@ class TaskSetTasks:
 
     def sample_task(self, generator: torch.Generator, shots: int, queries: int) -> Episode:
         x, y = self.taskset.sample()
-        y = torch.as_tensor(y)
+        y = torch.unique(torch.as_tensor(y), return_inverse=True)[1]
         order = torch.argsort(y, stable=True)  # group by class, keep the taskset's order within a class
         x, y = x[order], y[order]
         counts = torch.bincount(y)

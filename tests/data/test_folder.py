@@ -72,3 +72,16 @@ def test_unwritable_cache_warns_and_still_returns_the_data(tmp_path: Path, monke
     with pytest.warns(UserWarning, match=r"could not write the decoded cache .*writable data.root"):
         data = cached(tmp_path / "c.pt", lambda: {"x": torch.arange(3)})
     assert torch.equal(data["x"], torch.arange(3)) and not (tmp_path / "c.pt").exists()
+
+
+def test_taskset_with_raw_class_ids_gets_labels_0_to_n() -> None:
+    from lightning_meta.data.episode import TaskSetTasks
+
+    class RawIds:  # a learn2learn-style taskset that keeps the dataset's class ids (17 and 42)
+        def sample(self):
+            y = torch.tensor([42, 17, 42, 17, 42, 17])
+            return y.float()[:, None], y
+
+    ep = TaskSetTasks(RawIds()).sample_task(torch.Generator().manual_seed(0), shots=2, queries=1)
+    assert sorted(ep.support_y.tolist()) == [0, 0, 1, 1] and sorted(ep.query_y.tolist()) == [0, 1]
+    assert torch.equal(ep.support_x[:, 0] == 42, ep.support_y == 1)  # 17 -> 0, 42 -> 1
