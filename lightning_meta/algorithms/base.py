@@ -133,9 +133,14 @@ class MetaLearner(pl.LightningModule):
         trainer_precision = getattr(self._trainer, "precision", None)
         return scaled_grad(fn, self.inner_loss_scale if trainer_precision == "16-mixed" else 1.0, has_aux)
 
+    def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, evaluation: bool = False) -> Tensor:
+        """What the inner loop minimises on a support batch: the support loss (iMAML adds a proximal term)."""
+        return self.loss(phi, x, y)[0]
+
     def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, evaluation: bool = False) -> Params:
-        """Adapt `params` to one task's support set; returns the fast weights phi. No graph is kept between steps
-        unless the caller differentiates through it (second-order MAML runs this under `torch.func.grad`).
+        """Adapt `params` to one task's support set by steps on `inner_objective`; returns the fast weights phi. No
+        graph is kept between steps unless the caller differentiates through it (MAML runs this under
+        `torch.func.grad`).
 
         Shapes:
             support_x (N*K, *x), support_y (N*K,).
@@ -143,17 +148,17 @@ class MetaLearner(pl.LightningModule):
         steps = self.eval_inner_steps if evaluation else self.inner_steps
         lr = self.eval_inner_lr if evaluation else self.inner_lr
         batch_size = self.eval_inner_batch_size if evaluation else self.inner_batch_size
-        support_loss = lambda p, x, y: self.loss(p, x, y)[0]
-        state = (0, {k: torch.zeros_like(v) for k, v in params.items()})
+        objective = lambda phi, x, y: self.inner_objective(phi, params, x, y, evaluation)
+        phi, state = params, (0, {k: torch.zeros_like(v) for k, v in params.items()})
         for step in range(steps):
             idx = batch_indices(step, batch_size, support_x.shape[0])
             x, y = (support_x, support_y) if idx is None else (support_x[idx], support_y[idx])
-            grads = self.scaled_grad(support_loss)(params, x, y)
+            grads = self.scaled_grad(objective)(phi, x, y)
             if self.inner_optimizer == "adam":
-                params, state = adam_step(params, grads, state, lr)
+                phi, state = adam_step(phi, grads, state, lr)
             else:
-                params = sgd_step(params, grads, lr)
-        return params
+                phi = sgd_step(phi, grads, lr)
+        return phi
 
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None) -> Tensor:
         """Outputs for the queries under fast weights; non-transductive mode sees each query with the support set

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import (
     Params,
-    adam_step,
     axpy,
-    batch_indices,
     conjugate_gradient,
     detach,
-    sgd_step,
     squared_distance,
 )
 from lightning_meta.data.episode import Episode
@@ -71,27 +67,11 @@ class IMAML(MetaLearner):
         self.lam, self.eval_lam = lam, lam if eval_lam is None else eval_lam
         self.cg_steps, self.cg_damping = cg_steps, cg_damping
 
-    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, evaluation: bool = False) -> Params:
-        """Minimise the proximally regularised support loss around theta = `params` by gradient steps.
-
-        Shapes:
-            support_x (N*K, *x), support_y (N*K,).
-        """
-        steps = self.eval_inner_steps if evaluation else self.inner_steps
-        lr = self.eval_inner_lr if evaluation else self.inner_lr
-        batch_size = self.eval_inner_batch_size if evaluation else self.inner_batch_size
+    def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, evaluation: bool = False) -> Tensor:
+        """The support loss plus the proximal term lam/2 ||phi - theta||^2 that anchors phi to theta (the base
+        inner loop minimises it from phi = theta)."""
         lam = self.eval_lam if evaluation else self.lam
-        objective = lambda phi, x, y: self.loss(phi, x, y)[0] + 0.5 * lam * squared_distance(phi, params)
-        phi, state = params, (0, {k: torch.zeros_like(v) for k, v in params.items()})
-        for step in range(steps):
-            idx = batch_indices(step, batch_size, support_x.shape[0])
-            x, y = (support_x, support_y) if idx is None else (support_x[idx], support_y[idx])
-            grads = self.scaled_grad(objective)(phi, x, y)
-            if self.inner_optimizer == "adam":
-                phi, state = adam_step(phi, grads, state, lr)
-            else:
-                phi = sgd_step(phi, grads, lr)
-        return phi
+        return self.loss(phi, x, y)[0] + 0.5 * lam * squared_distance(phi, theta)
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         phi = detach(self.inner_loop(params, episode.support_x, episode.support_y))
