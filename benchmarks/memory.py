@@ -45,9 +45,11 @@ def meta_iteration(learner, batch: Episode) -> dict[str, torch.Tensor]:
 
 def child(algorithm: str, steps: int, batching: str, meta_batch: int) -> None:
     """One meta-iteration in this (fresh) process; prints the peak RSS before and after as JSON."""
-    overrides = [f"algorithm.inner_steps={steps}", f"algorithm.batching={batching}"]
+    overrides = [f"algorithm.inner.steps={steps}", f"algorithm.batching={batching}"]
     cfg = load_config([f"experiment={algorithm}_omniglot_5w1s", *overrides])
     learner = instantiate(cfg.algorithm, backbone=instantiate(cfg.model), task="classification")
+    cfg.algorithm.inner.steps = 0  # a warm-up learner: one task, no inner step (loads kernels, thread pools)
+    warm = instantiate(cfg.algorithm, backbone=instantiate(cfg.model), task="classification")
     ways, shots, queries, size = cfg.data.ways, cfg.data.shots, cfg.data.queries, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     batch = Episode(  # (T, N*K, 1, H, W) support and (T, N*Q, 1, H, W) query images, labels 0..N-1
@@ -56,10 +58,7 @@ def child(algorithm: str, steps: int, batching: str, meta_batch: int) -> None:
         torch.rand(meta_batch, ways * queries, 1, size, size, generator=g),
         torch.arange(ways).repeat_interleave(queries).expand(meta_batch, -1),
     )
-    warm_up = Episode(*(field[:1] for field in batch))  # one task, no inner step: loads kernels, thread pools
-    learner.inner_steps, steps = 0, learner.inner_steps
-    meta_iteration(learner, warm_up)
-    learner.inner_steps = steps
+    meta_iteration(warm, Episode(*(field[:1] for field in batch)))
     before = peak_mb()
     start = time.perf_counter()
     meta_iteration(learner, batch)
@@ -98,7 +97,7 @@ def speed_table(root: str, iters: int) -> None:
         for _ in range(iters):
             meta_iteration(learner, batch)
         seconds = (time.perf_counter() - start) / iters
-        print(f"{name:<24} meta-batch {size:>2} x {shots[0]}+{shots[1]} per class, {cfg.algorithm.inner_steps:>2} "
+        print(f"{name:<24} meta-batch {size:>2} x {shots[0]}+{shots[1]} per class, {cfg.algorithm.inner.steps:>2} "
               f"inner steps, {learner.batching}: {1 / seconds:6.2f} it/s ({seconds * 1e3:7.0f} ms)")  # fmt: skip
 
 

@@ -7,16 +7,17 @@ Select it with `python train.py experiment=maml_omniglot_5w1s algorithm._target_
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
+
+from torch import nn
 
 from lightning_meta.algorithms import MAML
-from lightning_meta.algorithms.functional import Params, sgd_step
 
 
 class ANIL(MAML):
     """MAML with an inner loop over the head alone: the body's fast weights stay theta, so adaptation is a few
-    SGD steps of a linear classifier on meta-learned features. The meta-gradient is MAML's (second order) and
-    reaches the body through the adapted head. The inner loop uses the whole support set (no mini-batches).
+    steps of a linear classifier on meta-learned features (with the configured inner optimizer and mini-batches).
+    The meta-gradient is MAML's (second order) and reaches the body through the adapted head.
 
     References:
         Raghu, Raghu, Bengio, Vinyals. Rapid Learning or Feature Reuse? Towards Understanding the
@@ -25,17 +26,11 @@ class ANIL(MAML):
 
     head_prefix = "head."  # parameters adapted in the inner loop: `Conv4.head`, `MLP.head`
 
-    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, evaluation: bool = False) -> Params:
-        steps = self.eval_inner_steps if evaluation else self.inner_steps
-        lr = self.eval_inner_lr if evaluation else self.inner_lr
-        head = {k: v for k, v in params.items() if k.startswith(self.head_prefix)}
-        if not head:
-            raise ValueError(
-                f"ANIL adapts the parameters named {self.head_prefix}*, but the backbone has none; "
-                "name the last layer `head` or set ANIL.head_prefix"
-            )
-        body = {k: v for k, v in params.items() if k not in head}
-        head_loss = lambda h: self.loss({**body, **h}, support_x, support_y)[0]
-        for _ in range(steps):
-            head = sgd_step(head, self.scaled_grad(head_loss)(head), lr)
-        return {**body, **head}
+    def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
+        super().__init__(backbone, **kwargs)
+        if not any(self.adapts(name) for name, _ in backbone.named_parameters()):
+            raise ValueError(f"ANIL adapts the parameters named {self.head_prefix}*, but the backbone has none; "
+                             "name the last layer `head` or set ANIL.head_prefix")  # fmt: skip
+
+    def adapts(self, name: str) -> bool:
+        return name.startswith(self.head_prefix)

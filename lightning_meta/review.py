@@ -129,7 +129,7 @@ def episode_figure(learner, episode: Episode, max_images: int = 20):
 class EvaluationReview(pl.Callback):
     """Logs to TensorBoard at the end of each validation and test run, on rank 0 only:
     `<stage>/adaptation_curve`, the query metric against inner steps (the learner's `eval_curve_steps` and
-    `eval_inner_steps`), and `<stage>/episode`, the first evaluation episode adapted and predicted.
+    `eval_inner.steps`), and `<stage>/episode`, the first evaluation episode adapted and predicted.
 
     Args:
         max_images: support and query images drawn at most (each).
@@ -180,6 +180,6 @@ class EvaluationReview(pl.Callback):
         """{inner steps: (mean, ci95)} from the logged `<stage>/<metric>_step<K>` and `<stage>/<metric>`."""
         name = f"{stage}/{EpisodeMetrics.metric_name(pl_module.task)}"
         keys = {k: f"{name}_step{k}" for k in pl_module.eval_curve_steps}
-        keys[pl_module.eval_inner_steps] = name
+        keys[pl_module.eval_inner.steps] = name
         return {k: (float(metrics[key]), float(metrics.get(f"{key}_ci95", 0.0))) for k, key in keys.items()
                 if key in metrics}  # fmt: skip

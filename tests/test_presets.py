@@ -3,6 +3,7 @@ names its paper number and command, lists only what differs, and trains a few st
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -22,7 +23,7 @@ PRESETS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"
 SINE_SHRINK = [
     "model.hidden=[8]", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "data.val_episodes=4", "data.test_episodes=4", "data.eval_batch_size=2",
-    "data.meta_batch_size=2", "algorithm.eval_inner_steps=2",
+    "data.meta_batch_size=2", "algorithm.eval_inner.steps=2",
 ]  # fmt: skip
 
 
@@ -32,16 +33,24 @@ def test_group_yaml_mirrors_its_constructor_and_instantiates(group, name, tmp_pa
     node = cfg[group]
     check_node(node, group, PROVIDED.get(group, ()))
     target = _target(node._target_)
-    if group != "trainer":  # configs mirror constructors: every argument is written down once
-        params = _signature_params(target)  # with **kwargs, the parents' arguments too
+    params = _signature_params(target)  # with **kwargs, the parents' arguments too
+    if group in ("data", "model"):  # configs mirror constructors: every argument is written down once
         missing = set(params) - {"self", *PROVIDED.get(group, ())} - set(node)
         assert not missing, f"configs/{group}/{name}.yaml lacks {sorted(missing)}"
+    if group == "algorithm":  # one place per default: the file sets only what differs from its class's signature
+        written = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml"))
+        for key, value in written.items():
+            default = params[key].default if key in params else None
+            default = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+            assert key == "_target_" or value != default, f"configs/{group}/{name}.yaml repeats the default {key}"
+        assert set(params) - {"self", *PROVIDED[group]} <= set(node), "the binder fills every argument in"
     if group == "algorithm":
         task = _target(cfg.data._target_).task
         learner = instantiate(node, backbone=instantiate(cfg.model), task=task)
         for key in node:
             if key != "_target_":
                 assert learner.hparams[key] == OmegaConf.to_object(node)[key], key
+        assert learner.inner == type(learner.inner)(**node.inner)
     elif group == "data":
         datamodule = instantiate(node)
         assert isinstance(datamodule, EpisodicDataModule)

@@ -1,20 +1,23 @@
 """MetaLearner: the meta-training loop every gradient-based meta-learner shares.
 
-Adapt fast weights to each task's support set (`inner_loop`), turn the result into a meta-gradient for the initial
-weights (`meta_gradient`), average over the meta-batch, and hand the average to Lightning through a surrogate loss
-so that DDP all-reduces it, precision plugins scale it and `clip_gradients` clips it.
+Adapt fast weights to each task's support set (`inner_loop`, driven by an `InnerLoop` value), turn the result into
+a meta-gradient for the meta-parameters (`meta_gradient`), average over the meta-batch, and hand the average to
+Lightning through a surrogate loss so that DDP all-reduces it, precision plugins scale it and `clip_gradients`
+clips it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from lightning_meta.algorithms.functional import Params, adam_step, batch_indices, loss_and_metric, sgd_step
+from lightning_meta.algorithms.functional import Params, loss_and_metric
+from lightning_meta.algorithms.inner import InnerLoop, Lr, declared_default, inner_loop_from
 from lightning_meta.algorithms.predictor import Predictor
 from lightning_meta.algorithms.scaling import check_trainer, scaled_grad
 from lightning_meta.data.episode import Episode
@@ -24,43 +27,38 @@ TaskFn = Callable[[Params, Episode], tuple]
 
 
 class MetaLearner(pl.LightningModule):
-    """Base class: subclasses override `meta_gradient` (and `inner_loop` when adaptation differs).
+    """Base class: subclasses override `meta_gradient`, and the finer hooks (`adapts`, `inner_lr`,
+    `inner_objective`, `initial_state`) where adaptation differs.
+
+    The meta-parameters are the backbone's parameters (named as in the backbone) plus any `nn.Parameter` the
+    subclass registers on itself (named by module path, e.g. Meta-SGD's `inner_lrs.<name>`): all are in
+    `params()`, receive a meta-gradient, are saved, all-reduced and clipped alike.
 
     Args:
-        backbone: a plain `nn.Module` (e.g. `Conv4`, `MLP`); its parameters are the meta-learned initialisation.
+        backbone: a plain `nn.Module` (e.g. `Conv4`, `MLP`).
         task: "classification" (cross-entropy, accuracy) or "regression" (MSE).
-        inner_lr: inner-loop step size.
-        inner_steps: inner-loop steps in meta-training.
-        eval_inner_steps: inner-loop steps when evaluating (Reptile: 50; MAML: 3 or 10).
-        inner_optimizer: "sgd", or "adam" (beta1 = 0, fresh per task) as in the Reptile paper.
-        inner_batch_size: support examples per inner step (None: the whole support set). Reptile: 10.
-        eval_inner_lr: inner step size at evaluation (None: `inner_lr`).
-        eval_inner_batch_size: support examples per evaluation step (None: the whole support set).
+        inner: the inner loop of meta-training: an `InnerLoop`, or a dict of its fields (those left out keep the
+            class's default).
+        eval_inner: the inner loop at evaluation, likewise (None: `inner`).
         lr: outer learning rate (Reptile: the meta step size epsilon).
         lr_final: anneal `lr` linearly to this value over `trainer.max_steps` (None: constant).
-        optimizer: outer optimizer, "adam" or "sgd" (Reptile's outer update is SGD on theta - phi).
-        batching: "vmap" runs the meta-batch as one vmap over tasks, "loop" one task at a time. Equal results;
-            "vmap" is faster for small per-task batches, "loop" for large ones and uses far less memory.
+        optimizer: outer optimizer, "adam" or "sgd".
+        batching: "vmap" runs the meta-batch as one vmap over tasks, "loop" one task at a time (equal results;
+            "loop" uses far less memory).
         chunk_size: tasks per vmap chunk (None: all at once) to bound memory.
         transductive: predict the query set as one batch (batch-norm statistics from the queries, the papers'
             setting); False predicts each query together with the support set only (Reptile's definition).
         grad_clip: clip the meta-gradient to this norm (None: no clipping).
-        eval_curve_steps: also score the query set after each of these inner-step counts at evaluation,
-            logged as `val/<metric>_step<K>` and `test/<metric>_step<K>` (the MAML sine protocol: [1, 5, 10]).
-            None: no curve, no cost. Each count re-runs the inner loop: sum(K) more steps per task.
+        eval_curve_steps: also score the queries after each of these inner-step counts at evaluation, logged as
+            `val/<metric>_step<K>`, `test/<metric>_step<K>` (MAML's sine protocol: [1, 5, 10]).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         task: str = "classification",
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        eval_inner_steps: int = 3,
-        inner_optimizer: str = "sgd",
-        inner_batch_size: int | None = None,
-        eval_inner_lr: float | None = None,
-        eval_inner_batch_size: int | None = None,
+        inner: InnerLoop = InnerLoop(),
+        eval_inner: InnerLoop | None = None,
         lr: float = 1e-3,
         lr_final: float | None = None,
         optimizer: str = "adam",
@@ -71,30 +69,28 @@ class MetaLearner(pl.LightningModule):
         eval_curve_steps: list[int] | None = None,
     ) -> None:
         super().__init__()
-        choices = dict(task=(task, ("classification", "regression")),
-                       inner_optimizer=(inner_optimizer, ("sgd", "adam")),
-                       optimizer=(optimizer, ("adam", "sgd")), batching=(batching, ("vmap", "loop")))  # fmt: skip
+        choices = dict(task=(task, ("classification", "regression")), optimizer=(optimizer, ("adam", "sgd")),
+                       batching=(batching, ("vmap", "loop")))  # fmt: skip
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"algorithm.{name}={value!r}; choose one of {', '.join(allowed)}")
-        if inner_steps < 0 or eval_inner_steps < 0:
-            raise ValueError("algorithm.inner_steps and algorithm.eval_inner_steps must be 0 or more")
         if any(int(k) != k or k < 0 for k in eval_curve_steps or ()):
             raise ValueError(f"algorithm.eval_curve_steps={eval_curve_steps}; give inner-step counts >= 0")
         self.save_hyperparameters(ignore=["backbone"])
         self.automatic_optimization = False
-        self.backbone = backbone
-        self.task = task
-        self.inner_lr, self.inner_steps, self.eval_inner_steps = inner_lr, inner_steps, eval_inner_steps
-        self.inner_optimizer, self.inner_batch_size = inner_optimizer, inner_batch_size
-        self.eval_inner_lr = inner_lr if eval_inner_lr is None else eval_inner_lr
-        self.eval_inner_batch_size = eval_inner_batch_size
+        self.backbone, self.task = backbone, task
+        self.inner = inner_loop_from(inner, declared_default(type(self), "inner"), "inner")
+        eval_default = declared_default(type(self), "eval_inner") or self.inner
+        self.eval_inner = inner_loop_from(self.inner if eval_inner is None else eval_inner, eval_default, "eval_inner")
+        # Checkpoints hold plain containers (they load with weights_only=True).
+        self.hparams.update(inner=asdict(self.inner), eval_inner=asdict(self.eval_inner))
         self.lr, self.lr_final, self.optimizer_name = lr, lr_final, optimizer
         self.batching, self.chunk_size = batching, chunk_size
         self.transductive, self.grad_clip = transductive, grad_clip
         self.eval_curve_steps = tuple(int(k) for k in eval_curve_steps or ())
         self.val_metrics = EpisodeMetrics(task, self.eval_curve_steps)
         self.test_metrics = EpisodeMetrics(task, self.eval_curve_steps)
+        self._backbone_names = tuple(name for name, _ in backbone.named_parameters())
 
     # Whether the algorithm is correct under bf16-mixed/16-mixed; `check_trainer` refuses it otherwise.
     mixed_precision: bool = True
@@ -107,20 +103,26 @@ class MetaLearner(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning loads the weights before its precision plugin converts the module (64-true: to float64), so
-        # a float64 checkpoint would be rounded through float32 on resume. Convert first (Lightning's own
-        # conversion is then a no-op).
+        # a float64 checkpoint would be rounded through float32 on resume. Convert first.
         if self._trainer is not None:
             self.trainer.precision_plugin.convert_module(self)
 
     # ----------------------------------------------------------------- functional building blocks
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        """The learned meta-parameters: the backbone's by their own names, the learner's others by module path."""
+        own = {n: p for n, p in self.named_parameters() if not n.startswith("backbone.")}
+        return {**dict(self.backbone.named_parameters()), **own}
+
     def params(self) -> Params:
-        """The meta-parameters theta as detached tensors (the functional inner loop differentiates them itself)."""
-        return {name: p.detach() for name, p in self.backbone.named_parameters()}
+        """The meta-parameters as detached tensors (the functional code differentiates them itself)."""
+        return {name: p.detach() for name, p in self.meta_parameters().items()}
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         """The backbone with `params` (default: the meta-parameters). Shapes: x (B, *x) -> (B, out)."""
         if params is None:
             return self.backbone(x)
+        if len(params) != len(self._backbone_names):
+            params = {k: params[k] for k in self._backbone_names}
         return functional_call(self.backbone, params, (x,))
 
     def loss(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,32 +135,44 @@ class MetaLearner(pl.LightningModule):
         trainer_precision = getattr(self._trainer, "precision", None)
         return scaled_grad(fn, self.inner_loss_scale if trainer_precision == "16-mixed" else 1.0, has_aux)
 
-    def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, evaluation: bool = False) -> Tensor:
+    # ----------------------------------------------------------------- inner-loop hooks
+    def adapts(self, name: str) -> bool:
+        """Whether the inner loop moves meta-parameter `name` (default: every backbone parameter; ANIL: the head)."""
+        return name in self._backbone_names
+
+    def inner_lr(self, params: Params, loop: InnerLoop) -> Lr:
+        """The inner step size: `loop.lr`, or one tensor per adapted weight (Meta-SGD's learned step sizes)."""
+        return loop.lr
+
+    def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: InnerLoop) -> Tensor:
         """What the inner loop minimises on a support batch: the support loss (iMAML adds a proximal term)."""
         return self.loss(phi, x, y)[0]
 
-    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, evaluation: bool = False) -> Params:
-        """Adapt `params` to one task's support set by steps on `inner_objective`; returns the fast weights phi. No
-        graph is kept between steps unless the caller differentiates through it (MAML runs this under
-        `torch.func.grad`).
+    def initial_state(self, loop: InnerLoop):
+        """The inner optimizer's state a task starts from (None: fresh; Reptile may carry a trained one)."""
+        return None
+
+    def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
+        """Adapt `params` to one task by `loop.steps` optimizer steps on `inner_objective`, from optimizer `state`
+        (None: fresh). Returns (phi, final state); phi holds every meta-parameter, the adapted ones moved. No graph
+        is kept unless the caller differentiates through it (MAML runs this under `torch.func.grad`).
 
         Shapes:
             support_x (N*K, *x), support_y (N*K,).
         """
-        steps = self.eval_inner_steps if evaluation else self.inner_steps
-        lr = self.eval_inner_lr if evaluation else self.inner_lr
-        batch_size = self.eval_inner_batch_size if evaluation else self.inner_batch_size
-        objective = lambda phi, x, y: self.inner_objective(phi, params, x, y, evaluation)
-        phi, state = params, (0, {k: torch.zeros_like(v) for k, v in params.items()})
-        for step in range(steps):
-            idx = batch_indices(step, batch_size, support_x.shape[0])
-            x, y = (support_x, support_y) if idx is None else (support_x[idx], support_y[idx])
-            grads = self.scaled_grad(objective)(phi, x, y)
-            if self.inner_optimizer == "adam":
-                phi, state = adam_step(phi, grads, state, lr)
-            else:
-                phi = sgd_step(phi, grads, lr)
-        return phi
+        fast = {k: v for k, v in params.items() if self.adapts(k)}
+        optimizer, lr = loop.make_optimizer(), self.inner_lr(params, loop)
+        state = optimizer.init(fast) if state is None else state
+        objective = lambda f, x, y: self.inner_objective({**params, **f}, params, x, y, loop)
+        for step in range(loop.steps):
+            x, y = loop.batch(step, support_x, support_y)
+            fast, state = optimizer.step(fast, self.scaled_grad(objective)(fast, x, y), state, lr)
+        return {**params, **fast}, state
+
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop | None = None):
+        """The fast weights phi of one task under `loop` (default: `inner`), from `initial_state(loop)`."""
+        loop = self.inner if loop is None else loop
+        return self.inner_trajectory(params, support_x, support_y, loop, self.initial_state(loop))[0]
 
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None) -> Tensor:
         """Outputs for the queries under fast weights; non-transductive mode sees each query with the support set
@@ -173,18 +187,13 @@ class MetaLearner(pl.LightningModule):
         return vmap(one)(query_x)
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
-        """For one task: the meta-gradient w.r.t. `params` and logging metrics (query_loss, query_metric)."""
+        """For one task: the meta-gradient w.r.t. every entry of `params` and logging metrics (query_loss,
+        query_metric)."""
         raise NotImplementedError
 
-    def query_objective(
-        self, fast: Params, episode: Episode, transductive: bool | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def query_objective(self, fast: Params, episode: Episode, transductive: bool | None = None):
         """Query loss of fast weights, with detached (query_loss, query_metric) as the auxiliary output for
-        `torch.func.grad(..., has_aux=True)`.
-
-        Shapes:
-            episode: one task, support_x (N*K, *x), query_x (N*Q, *x), query_y (N*Q,).
-        """
+        `torch.func.grad(..., has_aux=True)`. Shapes: one task, query_x (N*Q, *x), query_y (N*Q,)."""
         out = self.predict(fast, episode.support_x, episode.query_x, transductive)
         loss, metric = loss_and_metric(out, episode.query_y, self.task)
         return loss, {"query_loss": loss.detach(), "query_metric": metric.detach()}
@@ -195,25 +204,15 @@ class MetaLearner(pl.LightningModule):
             return self.query_objective(fast, episode, transductive)[1]
 
     def evaluate_task(self, params: Params, episode: Episode) -> dict[str, Tensor]:
-        """Adapt with the evaluation settings, then score the query set; with `eval_curve_steps` also "curve",
-        the query metric after each of those inner-step counts, shape (len(eval_curve_steps),)."""
-        out = self.query_metrics(self.inner_loop(params, episode.support_x, episode.support_y, True), episode)
+        """Adapt with `eval_inner`, then score the queries; with `eval_curve_steps` also "curve", the query metric
+        after each of those inner-step counts, shape (len(eval_curve_steps),)."""
+        score = lambda loop: self.query_metrics(self.inner_loop(params, *episode[:2], loop), episode)
+        out = score(self.eval_inner)
         if self.eval_curve_steps:
-            points = [self._curve_point(k, params, episode, out) for k in self.eval_curve_steps]
-            out["curve"] = torch.stack(points)
+            points = [out if k == self.eval_inner.steps else score(self.eval_inner.replace(steps=k))
+                      for k in self.eval_curve_steps]  # fmt: skip
+            out["curve"] = torch.stack([point["query_metric"] for point in points])
         return out
-
-    def _curve_point(self, steps: int, params: Params, episode: Episode, final: dict[str, Tensor]) -> Tensor:
-        """Query metric after `steps` evaluation steps: `inner_loop` re-run with `eval_inner_steps` set to
-        `steps` for the call, so any algorithm's own inner loop (iMAML's proximal one too) yields a curve."""
-        if steps == self.eval_inner_steps:
-            return final["query_metric"]
-        saved, self.eval_inner_steps = self.eval_inner_steps, steps
-        try:
-            fast = self.inner_loop(params, episode.support_x, episode.support_y, True)
-        finally:
-            self.eval_inner_steps = saved
-        return self.query_metrics(fast, episode)["query_metric"]
 
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
         """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0.
@@ -227,11 +226,15 @@ class MetaLearner(pl.LightningModule):
         return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
 
     # ----------------------------------------------------------------- training
+    def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
+        """Per-task meta-gradients and metrics of a meta-batch, stacked on dim 0 (Reptile's carried inner state
+        overrides this to thread the state through the tasks)."""
+        return self.map_tasks(self.meta_gradient, params, batch)
+
     def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
-        grads, metrics = self.map_tasks(self.meta_gradient, self.params(), batch)
-        mean_grads = {k: g.mean(0) for k, g in grads.items()}
+        grads, metrics = self.task_gradients(self.params(), batch)
         lr = self.optimizers().param_groups[0]["lr"]  # this step's lr; apply_meta_gradient steps the schedule
-        self.apply_meta_gradient(mean_grads)
+        self.apply_meta_gradient({k: g.mean(0) for k, g in grads.items()})
         loss, metric = metrics["query_loss"].mean(), metrics["query_metric"].mean()
         log = dict(prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.support_x.shape[0])
         self.log("train/query_loss", loss, **log)
@@ -243,8 +246,8 @@ class MetaLearner(pl.LightningModule):
         """One outer step with `meta_grad` as the gradient, routed through `manual_backward` (DDP, AMP, clipping)."""
         opt = self.optimizers()
         opt.zero_grad()
-        surrogate = sum((p * meta_grad[n].detach().to(p.dtype)).sum() for n, p in self.backbone.named_parameters())
-        self.manual_backward(surrogate)
+        named = self.meta_parameters().items()
+        self.manual_backward(sum((p * meta_grad[n].detach().to(p.dtype)).sum() for n, p in named))
         opt.step()  # clips in `on_before_optimizer_step`
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -275,25 +278,22 @@ class MetaLearner(pl.LightningModule):
         self.log_dict(self.test_metrics.compute_and_reset("test"), sync_dist=True)
 
     # ----------------------------------------------------------------- adapt-and-predict API
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        """Adapt a copy of the meta-weights to a new task with the evaluation settings (`eval_inner_steps`, ...);
-        the meta-weights are left untouched.
+    def adapt(self, support_x: Tensor, support_y: Tensor, loop: InnerLoop | None = None) -> Predictor:
+        """Adapt a copy of the meta-weights to a new task with `loop` (default `eval_inner`, e.g.
+        `learner.eval_inner.replace(steps=100)`); the meta-weights are left untouched.
 
         Shapes:
             support_x (N*K, *x), support_y (N*K,). The returned predictor maps (B, *x) -> (B, out).
         """
         support_x, support_y = support_x.to(self.device), support_y.to(self.device)
         with torch.inference_mode(False), torch.enable_grad():
-            fast = self.inner_loop(self.params(), support_x, support_y, evaluation=True)
+            fast = self.inner_loop(self.params(), support_x, support_y, loop or self.eval_inner)
         return Predictor(self, {k: v.detach() for k, v in fast.items()}, support_x)
 
     # ----------------------------------------------------------------- optimizers
     def configure_optimizers(self):
-        params = self.backbone.parameters()
-        if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr)
-        else:
-            opt = torch.optim.Adam(params, lr=self.lr)
+        params = list(self.meta_parameters().values())
+        opt = (torch.optim.SGD if self.optimizer_name == "sgd" else torch.optim.Adam)(params, lr=self.lr)
         if self.lr_final is None:
             return opt
         total = max(int(self.trainer.max_steps), 1)

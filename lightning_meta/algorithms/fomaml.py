@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, detach
+from lightning_meta.algorithms.maml import MAML
 from lightning_meta.data.episode import Episode
 
 
-class FOMAML(MetaLearner):
+class FOMAML(MAML):
     """First-order MAML: k SGD steps on the support set, no graph kept; the meta-gradient is the query-loss
     gradient at the adapted weights, grad_phi L_query(phi_k), i.e. MAML with d phi_k / d theta taken as I.
+    MAML's defaults (the paper's Omniglot 5-way 1-shot inner loops).
 
     supervised-reptile's `--foml --foml-tail T` (the last inner mini-batch held out and used for the final
     gradient) is this algorithm with `data.train_queries=T`; it counts the held-out batch as an inner
-    iteration, so its `--inner-iters k` is `inner_steps=k-1` here.
+    iteration, so its `--inner-iters k` is `inner.steps=k-1` here.
 
     References:
         Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017.
@@ -23,5 +24,5 @@ class FOMAML(MetaLearner):
     """
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
-        fast = detach(self.inner_loop(params, episode.support_x, episode.support_y))
+        fast = detach(self.inner_loop(params, episode.support_x, episode.support_y, self.inner))
         return self.scaled_grad(self.query_objective, has_aux=True)(fast, episode)

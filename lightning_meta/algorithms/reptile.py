@@ -4,21 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, subtract
+from lightning_meta.algorithms.inner import InnerLoop, StateBuffers
 from lightning_meta.data.episode import Episode
+
+# The paper's Omniglot setting: 5 Adam(beta1=0) steps at 1e-3 on mini-batches of 10 in meta-training, 50 steps on
+# the whole (5-image) support set at evaluation (supervised-reptile: --inner-iters 5 --inner-batch 10
+# --learning-rate 0.001 --eval-iters 50 --eval-batch 5).
+REPTILE_INNER = InnerLoop(steps=5, lr=1e-3, batch_size=10, optimizer="adam")
+REPTILE_EVAL_INNER = InnerLoop(steps=50, lr=1e-3, optimizer="adam")
+INNER_STATES = ("carried", "batched", "fresh")
 
 
 class Reptile(MetaLearner):
     """Reptile: k inner steps on support mini-batches; the meta-gradient is theta - phi_k.
 
     With outer SGD at lr epsilon (the meta step size, annealed linearly to `lr_final`) the update is
-    theta <- theta + epsilon * mean_i(phi_i - theta), the paper's batched Algorithm 2.
-    The query set is used only to log the post-adaptation query loss. The inner Adam state starts fresh for
-    every task, so the tasks of a meta-batch are independent and run as one vmap (supervised-reptile carries its
-    inner Adam moments from task to task, which serialises the meta-batch).
+    theta <- theta + epsilon * mean_i(phi_i - theta), the paper's batched Algorithm 2. The query set only feeds
+    the training log.
+
+    The inner optimizer's state (Adam's step count and second moments) follows `inner_state`:
+    - "carried", as supervised-reptile: one state runs through the tasks of a meta-batch in order (so they run one
+      at a time whatever `batching` says) and on into the next meta-iteration; every evaluation task starts from
+      the trained state and leaves it unchanged. Under DDP each rank carries it through its own tasks and the
+      ranks' states are averaged after each meta-iteration (not equal to one process, which sees every task).
+    - "batched": every task of a meta-batch starts from the carried state (vmappable); the state then advances
+      once, to the mean of the tasks' final states. Equal under DDP and one process. Evaluation as "carried".
+    - "fresh": a new state for every task, in training and evaluation.
+    The state is saved in checkpoints (buffers), so a resumed run continues it exactly.
 
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
@@ -28,26 +46,54 @@ class Reptile(MetaLearner):
         self,
         backbone: nn.Module,
         *,
-        inner_lr: float = 1e-3,
-        inner_steps: int = 5,
-        eval_inner_steps: int = 50,
-        inner_optimizer: str = "adam",
-        inner_batch_size: int | None = 10,
+        inner: InnerLoop = REPTILE_INNER,
+        eval_inner: InnerLoop = REPTILE_EVAL_INNER,
         lr: float = 1.0,
         lr_final: float | None = 0.0,
         optimizer: str = "sgd",
+        inner_state: str = "carried",
         **kwargs: Any,
     ) -> None:
-        """The paper's Omniglot defaults: 5 Adam(beta1=0) steps at 1e-3 on mini-batches of 10, 50 at evaluation,
-        outer SGD whose lr (the meta step size) anneals 1 -> 0. Other arguments: see `MetaLearner`."""
-        super().__init__(
-            backbone, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
-            inner_optimizer=inner_optimizer, inner_batch_size=inner_batch_size, lr=lr, lr_final=lr_final,
-            optimizer=optimizer, **kwargs,
-        )  # fmt: skip
+        super().__init__(backbone, inner=inner, eval_inner=eval_inner, lr=lr, lr_final=lr_final,
+                         optimizer=optimizer, **kwargs)  # fmt: skip
+        if inner_state not in INNER_STATES:
+            raise ValueError(f"algorithm.inner_state={inner_state!r}; choose one of {', '.join(INNER_STATES)}")
+        self.inner_state = inner_state
+        adapted = {k: v for k, v in self.params().items() if self.adapts(k)}
+        self.carried = StateBuffers(self.inner.make_optimizer().init(adapted)) if inner_state != "fresh" else None
+
+    def initial_state(self, loop: InnerLoop):
+        if self.carried is None or loop.optimizer != self.inner.optimizer:
+            return None
+        return self.carried.get()
+
+    def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
+        if self.carried is None:
+            return super().task_gradients(params, batch)
+        start = self.carried.get()
+        if self.inner_state == "batched":
+            grads, metrics, finals = self.map_tasks(lambda p, e: self._adapt(p, e, start), params, batch)
+            final = tree_map(lambda s: s.mean(0), finals)
+        else:  # carried: the tasks in order, each from the state the previous one left
+            outs, final = [], start
+            for t in range(batch.support_x.shape[0]):
+                grad, metric, final = self._adapt(params, Episode(*(f[t] for f in batch)), final)
+                outs.append((grad, metric))
+            grads, metrics = tree_map(lambda *xs: torch.stack(xs), *outs)
+        self.carried.set(self._mean_over_ranks(final))
+        return grads, metrics
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
-        fast = self.inner_loop(params, episode.support_x, episode.support_y)
+        return self._adapt(params, episode, None)[:2]
+
+    def _adapt(self, params: Params, episode: Episode, state):
+        """(theta - phi, query metrics, final inner state) of one task, its inner optimizer starting at `state`."""
+        fast, state = self.inner_trajectory(params, episode.support_x, episode.support_y, self.inner, state)
         # The query set only feeds the training log: score it as one batch, whatever `transductive` says (the
         # per-query non-transductive path would cost as much as the inner loop itself).
-        return subtract(params, fast), self.query_metrics(fast, episode, transductive=True)
+        return subtract(params, fast), self.query_metrics(fast, episode, transductive=True), state
+
+    def _mean_over_ranks(self, state):
+        if self._trainer is None or self.trainer.world_size == 1:
+            return state
+        return tree_map(lambda s: self.trainer.strategy.reduce(s, reduce_op="mean"), state)

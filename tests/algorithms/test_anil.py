@@ -13,11 +13,25 @@ from lightning_meta.config import load_config
 from lightning_meta.run import build, train
 
 
-@pytest.mark.parametrize("evaluation", [False, True])
-def test_inner_loop_adapts_the_head_only(anil, mlp, episode, evaluation):
-    learner = anil(mlp, inner_lr=0.4, inner_steps=2, eval_inner_steps=3)
+@pytest.mark.parametrize("loop", [dict(steps=2, lr=0.4), dict(steps=3, lr=0.05, batch_size=2, optimizer="adam")])
+def test_inner_loop_adapts_the_head_only_with_the_configured_optimizer(anil, mlp, episode, loop):
+    learner = anil(mlp, inner=loop)
     theta = learner.params()
-    fast = learner.inner_loop(theta, episode.support_x, episode.support_y, evaluation=evaluation)
+    fast = learner.inner_loop(theta, episode.support_x, episode.support_y)
+    # The reference: the same optimizer on the head alone, body frozen, the same mini-batches.
+    body = {k: v for k, v in theta.items() if not k.startswith("head.")}
+    head = {k: v.clone().requires_grad_() for k, v in theta.items() if k.startswith("head.")}
+    make = torch.optim.Adam if loop.get("optimizer") == "adam" else torch.optim.SGD
+    opt = make(head.values(), lr=loop["lr"], **({"betas": (0.0, 0.999)} if make is torch.optim.Adam else {}))
+    n, size = len(episode.support_y), loop.get("batch_size") or len(episode.support_y)
+    for step in range(loop["steps"]):
+        idx = [(step * size + j) % n for j in range(size)]
+        opt.zero_grad()
+        out = functional_call(mlp, {**body, **head}, (episode.support_x[idx],))
+        F.cross_entropy(out, episode.support_y[idx]).backward()
+        opt.step()
+    for name, value in head.items():
+        torch.testing.assert_close(fast[name], value.detach(), rtol=1e-9, atol=1e-12)
     assert set(fast) == set(theta)
     for name in theta:
         if name.startswith("head."):
@@ -28,7 +42,7 @@ def test_inner_loop_adapts_the_head_only(anil, mlp, episode, evaluation):
 
 def test_meta_gradient_reaches_the_body_through_the_adapted_head(anil, mlp, episode):
     """Equals plain autograd through two written-out head-only SGD steps, body gradient included."""
-    learner = anil(mlp, inner_lr=0.4, inner_steps=2)
+    learner = anil(mlp, inner=dict(lr=0.4, steps=2))
     meta_grad, _ = learner.meta_gradient(learner.params(), episode)
     theta = {k: v.detach().clone().requires_grad_() for k, v in learner.params().items()}
     fast = dict(theta)
@@ -45,9 +59,8 @@ def test_meta_gradient_reaches_the_body_through_the_adapted_head(anil, mlp, epis
 
 
 def test_a_backbone_without_a_head_is_refused(anil, episode):
-    learner = anil(torch.nn.Sequential(torch.nn.Linear(4, 3)).double())
     with pytest.raises(ValueError, match=r"ANIL adapts the parameters named head\.\*"):
-        learner.inner_loop(learner.params(), episode.support_x, episode.support_y)
+        anil(torch.nn.Sequential(torch.nn.Linear(4, 3)).double())
 
 
 def test_selected_by_target_from_the_command_line_and_trains_the_body(anil, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_meta.algorithms import FOMAML, IMAML, MAML, Reptile
+from lightning_meta.algorithms import FOMAML, IMAML, MAML, MetaSGD, Reptile
 from lightning_meta.data.episode import Episode
 
 # name: (class, backbone fixture, settings). Adam's step turns the round-off gradient of a conv bias that
@@ -15,13 +15,14 @@ ALGORITHMS = {
     "reptile_sgd": (
         Reptile,
         "conv",
-        dict(inner_steps=3, inner_batch_size=4, inner_optimizer="sgd", inner_lr=0.1),
+        dict(inner=dict(steps=3, batch_size=4, optimizer="sgd", lr=0.1), inner_state="fresh"),
     ),
-    "reptile_adam": (Reptile, "mlp", dict(inner_steps=3, inner_batch_size=4)),
-    "fomaml": (FOMAML, "conv", dict(inner_steps=2)),
-    "maml": (MAML, "conv", dict(inner_steps=2)),
-    "imaml": (IMAML, "conv", dict(inner_steps=4, cg_steps=3)),
-    "anil": ("anil", "conv", dict(inner_steps=2)),  # examples/anil.py, through the `anil` fixture
+    "reptile_adam": (Reptile, "mlp", dict(inner=dict(steps=3, batch_size=4), inner_state="fresh")),
+    "fomaml": (FOMAML, "conv", dict(inner=dict(steps=2))),
+    "maml": (MAML, "conv", dict(inner=dict(steps=2))),
+    "imaml": (IMAML, "conv", dict(inner=dict(steps=4), cg_steps=3)),
+    "anil": ("anil", "conv", dict(inner=dict(steps=2))),  # examples/anil.py, through the `anil` fixture
+    "metasgd": (MetaSGD, "conv", dict(inner=dict(steps=2))),
 }
 
 

@@ -13,7 +13,7 @@ from lightning_meta.algorithms import FOMAML
 
 @pytest.mark.parametrize("batch_size", [None, 4])
 def test_meta_gradient_equals_query_gradient_of_sgd_adapted_copy(mlp, episode, batch_size):
-    learner = FOMAML(mlp, inner_lr=0.3, inner_steps=3, inner_batch_size=batch_size)
+    learner = FOMAML(mlp, inner=dict(lr=0.3, steps=3, batch_size=batch_size))
     meta_grad, metrics = learner.meta_gradient(learner.params(), episode)
 
     model = copy.deepcopy(mlp)
@@ -37,7 +37,7 @@ def test_meta_gradient_equals_query_gradient_of_sgd_adapted_copy(mlp, episode, b
 
 def test_meta_gradient_ignores_the_path_to_the_adapted_weights(mlp, episode):
     """First order: theta enters only through phi, so a theta that requires grad yields no graph."""
-    learner = FOMAML(mlp, inner_lr=0.3, inner_steps=2)
+    learner = FOMAML(mlp, inner=dict(lr=0.3, steps=2))
     params = {k: v.clone().requires_grad_() for k, v in learner.params().items()}
     meta_grad, _ = learner.meta_gradient(params, episode)
     assert not any(g.requires_grad for g in meta_grad.values())

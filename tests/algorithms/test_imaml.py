@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from lightning_meta.algorithms import IMAML, MetaLearner
+from lightning_meta.algorithms import IMAML, MAML
 from lightning_meta.algorithms.functional import conjugate_gradient
 
 
@@ -59,7 +59,7 @@ def exact_implicit_gradient(learner: IMAML, episode, damping: float = 0.0) -> to
     phi = {k: v.detach() for k, v in learner.inner_loop(theta, episode.support_x, episode.support_y).items()}
     support = lambda vec: learner.loss(unflat(vec, phi), episode.support_x, episode.support_y)[0]
     hessian = torch.autograd.functional.hessian(support, flat(phi))
-    system = (1 + damping) * torch.eye(len(hessian), dtype=hessian.dtype) + hessian / learner.lam
+    system = (1 + damping) * torch.eye(len(hessian), dtype=hessian.dtype) + hessian / learner.inner.lam
     assert torch.linalg.eigvalsh(system).min() > 0.1  # the test problem is well posed
     query = grad(lambda p: learner.loss(p, episode.query_x, episode.query_y)[0])(phi)
     return torch.linalg.solve(system, flat(query))
@@ -68,7 +68,7 @@ def exact_implicit_gradient(learner: IMAML, episode, damping: float = 0.0) -> to
 @pytest.mark.parametrize("damping", [0.0, 0.5])
 def test_meta_gradient_equals_explicit_hessian_solve(mlp, episode, damping):
     n = sum(p.numel() for p in mlp.parameters())
-    learner = IMAML(mlp, lam=2.0, inner_steps=16, inner_lr=0.1, cg_steps=2 * n, cg_damping=damping)
+    learner = IMAML(mlp, inner=dict(lam=2.0, steps=16, lr=0.1), cg_steps=2 * n, cg_damping=damping)
     meta_grad, metrics = learner.meta_gradient(learner.params(), episode)
     torch.testing.assert_close(
         flat(meta_grad), exact_implicit_gradient(learner, episode, damping), rtol=1e-7, atol=1e-9
@@ -81,7 +81,7 @@ def test_meta_gradient_tends_to_query_gradient_at_theta_as_lam_grows(mlp, episod
     theta_grad = flat(grad(lambda p: IMAML(mlp).loss(p, episode.query_x, episode.query_y)[0])(IMAML(mlp).params()))
     errors = []
     for lam in (1e1, 1e3, 1e5):
-        learner = IMAML(mlp, lam=lam, inner_lr=0.5 / lam, inner_steps=16, cg_steps=5)  # lr * lam < 2: stable
+        learner = IMAML(mlp, inner=dict(lam=lam, lr=0.5 / lam, steps=16), cg_steps=5)  # lr * lam < 2: stable
         meta_grad, _ = learner.meta_gradient(learner.params(), episode)
         errors.append(float((flat(meta_grad) - theta_grad).norm() / theta_grad.norm()))
     assert errors[0] > errors[1] > errors[2]
@@ -92,7 +92,7 @@ def test_meta_gradient_matches_finite_differences_through_a_converged_inner_loop
     """Linear regression: the inner problem is strongly convex, 60 steps reach its minimiser, and the implicit
     gradient is then the exact derivative of L_query(phi*(theta))."""
     model, episode = linear_task
-    learner = IMAML(model, task="regression", lam=1.0, inner_lr=0.35, inner_steps=60, cg_steps=4)
+    learner = IMAML(model, task="regression", inner=dict(lam=1.0, lr=0.35, steps=60), cg_steps=4)
     theta = learner.params()
     meta_grad, _ = learner.meta_gradient(theta, episode)
 
@@ -112,31 +112,34 @@ def test_meta_gradient_matches_finite_differences_through_a_converged_inner_loop
 
 def test_no_inner_trajectory_is_kept(mlp, episode):
     """phi is detached before the solve: a theta that requires grad leaves no graph in the meta-gradient."""
-    learner = IMAML(mlp, inner_steps=4)
+    learner = IMAML(mlp, inner=dict(steps=4))
     params = {k: v.clone().requires_grad_() for k, v in learner.params().items()}
     meta_grad, _ = learner.meta_gradient(params, episode)
     assert not any(g.requires_grad for g in meta_grad.values())
 
 
-def test_inner_loop_is_proximal_in_training_and_follows_eval_lam(linear_task):
+def test_inner_loop_is_proximal_in_training_and_follows_the_evaluation_lam(linear_task):
     model, episode = linear_task
-    learner = IMAML(model, task="regression", lam=2.0, inner_lr=0.35, inner_steps=100, eval_lam=0.0, eval_inner_steps=5)
+    learner = IMAML(model, task="regression", inner=dict(lam=2.0, lr=0.35, steps=100),
+                    eval_inner=dict(lam=0.0, lr=0.35, steps=5))  # fmt: skip
     theta = learner.params()
     phi = learner.inner_loop(theta, episode.support_x, episode.support_y)
     stationarity = grad(lambda p: learner.loss(p, episode.support_x, episode.support_y)[0])(phi)
     for k in phi:  # grad L_support(phi*) + lam (phi* - theta) = 0 at the minimiser
         residual = stationarity[k] + 2.0 * (phi[k] - theta[k])
         torch.testing.assert_close(residual, torch.zeros_like(residual), atol=1e-10, rtol=0)
-    plain = MetaLearner.inner_loop(learner, theta, episode.support_x, episode.support_y, evaluation=True)
-    adapted = learner.inner_loop(theta, episode.support_x, episode.support_y, evaluation=True)
-    for k in phi:  # eval_lam = 0 is plain fine-tuning with the evaluation settings
+    plain = MAML(model, task="regression", inner=dict(lr=0.35, steps=5))
+    plain = plain.inner_loop(theta, episode.support_x, episode.support_y)
+    adapted = learner.inner_loop(theta, episode.support_x, episode.support_y, learner.eval_inner)
+    for k in phi:  # lam = 0 at evaluation is plain fine-tuning with the evaluation settings
         torch.testing.assert_close(adapted[k], plain[k], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(lam=0.0), "algorithm.lam=0.0; it must be positive"),
+        (dict(inner=dict(lam=0.0)), "algorithm.inner.lam=0.0; it must be positive"),
+        (dict(eval_inner=dict(lam=-1.0)), "algorithm.eval_inner.lam=-1.0; use 0 or more"),
         (dict(cg_steps=0), "algorithm.cg_steps must be"),
     ],
 )

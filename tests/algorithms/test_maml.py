@@ -33,7 +33,7 @@ def unrolled_meta_gradient(model, episode, lr: float, steps: int, transductive: 
 def test_meta_gradient_equals_autograd_through_unrolled_inner_loop(backbone, transductive, request, make_episode):
     model = request.getfixturevalue(backbone)
     episode = make_episode(1, x_shape=(4,) if backbone == "mlp" else (1, 8, 8))
-    learner = MAML(model, inner_lr=0.4, inner_steps=3, transductive=transductive)
+    learner = MAML(model, inner=dict(lr=0.4, steps=3), transductive=transductive)
     meta_grad, metrics = learner.meta_gradient(learner.params(), episode)
     expected, query_loss = unrolled_meta_gradient(model, episode, 0.4, 3, transductive)
     for name in expected:
@@ -45,7 +45,7 @@ def test_meta_gradient_equals_autograd_through_unrolled_inner_loop(backbone, tra
 def test_meta_gradient_matches_central_finite_differences(backbone, request, make_episode):
     model = request.getfixturevalue(backbone)
     episode = make_episode(2, x_shape=(4,) if backbone == "mlp" else (1, 8, 8))
-    learner = MAML(model, inner_lr=0.3, inner_steps=2)
+    learner = MAML(model, inner=dict(lr=0.3, steps=2))
     theta = learner.params()
     meta_grad, _ = learner.meta_gradient(theta, episode)
 
@@ -65,7 +65,7 @@ def test_meta_gradient_matches_central_finite_differences(backbone, request, mak
 
 def test_second_order_terms_matter(mlp, episode):
     """MAML differs from its first-order approximation (else the unrolled check above could pass vacuously)."""
-    learner = MAML(mlp, inner_lr=0.4, inner_steps=2)
+    learner = MAML(mlp, inner=dict(lr=0.4, steps=2))
     meta_grad, _ = learner.meta_gradient(learner.params(), episode)
     fast = {
         k: v.detach() for k, v in learner.inner_loop(learner.params(), episode.support_x, episode.support_y).items()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_meta.algorithms import Reptile
+from lightning_meta.algorithms import InnerLoop, Reptile
 from lightning_meta.data import ClassificationTasks, Episode, EpisodicDataModule, sample_episode
 from lightning_meta.models import MLP, Conv4
 
@@ -51,8 +51,8 @@ def _sine_task_batch(tasks: int = 3) -> Episode:
 def test_meta_gradient_is_theta_minus_phi_conv4(batching, optimizer, lr):
     torch.manual_seed(0)
     backbone = Conv4(out_features=WAYS, hidden=4, image_size=16).double()
-    learner = Reptile(backbone, inner_lr=lr, inner_steps=5, inner_optimizer=optimizer, inner_batch_size=4,
-                      batching=batching)  # fmt: skip
+    inner = InnerLoop(steps=5, lr=lr, batch_size=4, optimizer=optimizer)
+    learner = Reptile(backbone, inner=inner, batching=batching, inner_state="fresh")
     batch = _conv_task_batch()
     grads, metrics = learner.map_tasks(learner.meta_gradient, learner.params(), batch)
     # A conv bias before batch norm has gradient exactly 0; Adam scales its round-off up to ~1e-9 steps.
@@ -75,8 +75,8 @@ def test_meta_gradient_is_theta_minus_phi_conv4(batching, optimizer, lr):
 def test_meta_gradient_is_theta_minus_phi_mlp(batching):
     torch.manual_seed(0)
     backbone = MLP(hidden=(8, 8)).double()
-    learner = Reptile(backbone, task="regression", inner_lr=0.05, inner_steps=4, inner_optimizer="sgd",
-                      inner_batch_size=3, batching=batching)  # fmt: skip
+    inner = InnerLoop(steps=4, lr=0.05, batch_size=3, optimizer="sgd")
+    learner = Reptile(backbone, task="regression", inner=inner, batching=batching)
     batch = _sine_task_batch()
     grads, _ = learner.map_tasks(learner.meta_gradient, learner.params(), batch)
     for t in range(3):
@@ -88,8 +88,7 @@ def test_meta_gradient_is_theta_minus_phi_mlp(batching):
 def test_adapt_uses_the_evaluation_settings():
     torch.manual_seed(0)
     backbone = Conv4(out_features=WAYS, hidden=4, image_size=16).double()
-    learner = Reptile(backbone, inner_lr=0.5, inner_steps=1, eval_inner_steps=3, inner_optimizer="sgd",
-                      eval_inner_lr=0.05, inner_batch_size=4, eval_inner_batch_size=None)  # fmt: skip
+    learner = Reptile(backbone, inner=InnerLoop(steps=1, lr=0.5, batch_size=4), eval_inner=InnerLoop(steps=3, lr=0.05))
     batch = _conv_task_batch(1)
     theta = {k: v.clone() for k, v in learner.params().items()}
     predictor = learner.adapt(batch.support_x[0], batch.support_y[0])
@@ -137,7 +136,8 @@ def _fit(learner: Reptile, max_steps: int, meta_batch_size: int = 2) -> tuple[pl
 def test_one_fit_step_moves_theta_by_lr_times_mean_difference():
     torch.manual_seed(0)
     backbone = Conv4(out_features=WAYS, hidden=4, image_size=16)
-    learner = Reptile(backbone, inner_lr=0.01, inner_steps=3, inner_batch_size=4, lr=0.7, lr_final=0.0)
+    inner = InnerLoop(steps=3, lr=0.01, batch_size=4, optimizer="adam")
+    learner = Reptile(backbone, inner=inner, lr=0.7, lr_final=0.0, inner_state="fresh")
     theta = copy.deepcopy(backbone).double()
     trainer, recorder, dm = _fit(learner, max_steps=1)
     assert trainer.global_step == 1 and len(recorder.batches) == 1
@@ -159,9 +159,85 @@ def test_one_fit_step_moves_theta_by_lr_times_mean_difference():
 
 def test_outer_lr_anneals_linearly():
     torch.manual_seed(0)
-    learner = Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner_steps=1, lr=1.0, lr_final=0.2)
+    learner = Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner={"steps": 1}, lr=1.0, lr_final=0.2)
     trainer, recorder, _ = _fit(learner, max_steps=4)
     expected = [1.0 + (0.2 - 1.0) * s / 4 for s in range(4)]  # lr in force at step s of 4
     assert recorder.lrs == pytest.approx(expected)
     assert recorder.logged == pytest.approx(expected), "train/lr must report the lr that step used"
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.2)
+
+
+def _reference_carried(model: nn.Module, batches, eps: list[float], inner: dict, shared_start: bool):
+    """supervised-reptile's meta-training, written out with one `torch.optim.Adam(betas=(0, 0.999))` state that is
+    loaded into a fresh optimizer of a deep-copied model for every task and saved after it. `shared_start`: the
+    batched approximation instead (every task from the same state; then the mean of the tasks' final moments).
+    Returns (theta, optimizer state)."""
+    model, state = copy.deepcopy(model), None
+    for batch, step_size in zip(batches, eps, strict=True):
+        phis, ends, start = [], [], state
+        for t in range(batch.support_x.shape[0]):
+            task_model = copy.deepcopy(model)
+            opt = torch.optim.Adam(task_model.parameters(), lr=inner["lr"], betas=(0.0, 0.999), eps=1e-8)
+            if (start if shared_start else state) is not None:  # a copy: Adam updates loaded moments in place
+                opt.load_state_dict(copy.deepcopy(start if shared_start else state))
+            run_inner(task_model, opt, batch.support_x[t], batch.support_y[t], inner)
+            state = copy.deepcopy(opt.state_dict())
+            phis.append([p.detach() for p in task_model.parameters()])
+            ends.append(state)
+        if shared_start:  # the state advances once, to the mean of the tasks' final second moments
+            state = copy.deepcopy(ends[0])
+            for i in state["state"]:
+                state["state"][i]["exp_avg_sq"] = torch.stack([e["state"][i]["exp_avg_sq"] for e in ends]).mean(0)
+        with torch.no_grad():
+            for i, p in enumerate(model.parameters()):
+                p += step_size * (torch.stack([phi[i] for phi in phis]).mean(0) - p)
+    return model, state
+
+
+def run_inner(model: nn.Module, opt, x, y, inner: dict) -> None:
+    n, batch = len(y), inner["batch_size"]
+    for step in range(inner["steps"]):
+        idx = [(step * batch + j) % n for j in range(batch)] if batch else list(range(n))
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("mode", ["carried", "batched"])
+def test_carried_inner_adam_equals_supervised_reptile(mode):
+    """Three meta-iterations in float64 on Conv4 with batch norm, then evaluation from the trained state: the
+    weights, the carried Adam state and the evaluation-adapted weights equal the sequential torch.optim reference."""
+    torch.manual_seed(0)
+    backbone = Conv4(out_features=WAYS, hidden=4, image_size=16)
+    theta0 = copy.deepcopy(backbone).double()
+    inner, eval_inner = dict(steps=3, lr=0.02, batch_size=4, optimizer="adam"), dict(steps=4, lr=0.02)
+    learner = Reptile(backbone, inner=inner, eval_inner=eval_inner, lr=0.7, lr_final=0.0, inner_state=mode)
+    trainer, recorder, dm = _fit(learner, max_steps=3, meta_batch_size=3)
+    eps = [0.7 * (1 - s / 3) for s in range(3)]
+    model, state = _reference_carried(theta0, recorder.batches, eps, inner, shared_start=mode == "batched")
+    for (name, p), q in zip(learner.backbone.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-8, atol=1e-9, msg=name)
+    t, v = learner.carried.get()
+    assert float(t) == state["state"][0]["step"] == (9 if mode == "carried" else 3) * 3
+    for (name, _), i in zip(learner.backbone.named_parameters(), range(len(v)), strict=True):
+        torch.testing.assert_close(v[name], state["state"][i]["exp_avg_sq"], rtol=1e-8, atol=1e-20, msg=name)
+    # Evaluation starts every task from the trained state and leaves it unchanged.
+    episode = sample_episode(dm.sources["train"], 3, "val", 0, SHOTS, 1)
+    x, y = episode.support_x.double(), episode.support_y
+    predictor = learner.adapt(x, y)
+    task_model = copy.deepcopy(model)
+    opt = torch.optim.Adam(task_model.parameters(), lr=0.02, betas=(0.0, 0.999), eps=1e-8)
+    opt.load_state_dict(state)
+    run_inner(task_model, opt, x, y, dict(steps=4, batch_size=None))
+    for (name, _), q in zip(learner.backbone.named_parameters(), task_model.parameters(), strict=True):
+        torch.testing.assert_close(predictor.params[name], q.detach(), rtol=1e-8, atol=1e-9, msg=name)
+    assert float(learner.carried.get()[0]) == float(t), "evaluation must not advance the carried state"
+
+
+def test_fresh_evaluation_ignores_the_trained_state():
+    torch.manual_seed(0)
+    inner = dict(steps=2, lr=0.02, batch_size=4, optimizer="adam")
+    learner = Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner=inner, inner_state="fresh")
+    assert learner.carried is None and learner.initial_state(learner.eval_inner) is None
+    with pytest.raises(ValueError, match="algorithm.inner_state='kept'; choose one of carried, batched, fresh"):
+        Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner_state="kept")

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "ddp_script.py"
 ALGORITHMS = ("reptile", "fomaml", "maml", "imaml")
 # Beyond tests/conftest.py's SHRINK: cheap inner loops (iMAML's paper setting is 16 inner steps, 5 CG steps).
-TINY = {"imaml": ["algorithm.inner_steps=2", "algorithm.cg_steps=2"]}
+TINY = {"imaml": ["algorithm.inner.steps=2", "algorithm.cg_steps=2"]}
 DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
@@ -98,12 +98,12 @@ class SaveRankParams(pl.Callback):
 
 
 # Sine regression settings under which each algorithm learns in 20 steps on one fixed meta-batch (the
-# algorithms' Omniglot defaults, e.g. inner_lr 0.4, diverge on sines).
+# algorithms' Omniglot defaults, e.g. inner.lr 0.4, diverge on sines).
 SINE = {
     "reptile": [],
-    "fomaml": ["algorithm.lr=0.01", "algorithm.inner_lr=0.01"],
-    "maml": ["algorithm.lr=0.01", "algorithm.inner_lr=0.01"],
-    "imaml": ["algorithm.lr=0.01", "algorithm.inner_lr=0.02", "algorithm.inner_steps=10", "algorithm.lam=10.0"],
+    "fomaml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.01"],
+    "maml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.01"],
+    "imaml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.02", "algorithm.inner.steps=10", "algorithm.inner.lam=10.0"],
 }
 QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 

@@ -27,11 +27,14 @@ RUN = [
 ]  # fmt: skip
 RTOL, NORM_RTOL = 1e-5, 1e-7  # elementwise (with atol 1e-8), and per tensor ||a - b|| / ||b|| (seen: 1.3e-9)
 EVAL_TAGS = ("val/acc", "val/acc_ci95", "val/loss", "val/episodes")
+# Reptile's carried inner state is equal under DDP in its batched form only (README, Several processes): with
+# "carried" each rank threads the state through its own tasks, one process through all of them.
+EQUAL = {"reptile": ["algorithm.inner_state=batched"]}
 
 
 def _single(algorithm: str, shrink: list[str], out, *extra: str) -> dict:
     """1-process run in this process; returns its test metrics."""
-    return train(load_config(overrides(algorithm, shrink, out, *RUN, *extra)))
+    return train(load_config(overrides(algorithm, shrink, out, *RUN, *EQUAL.get(algorithm, []), *extra)))
 
 
 def _assert_params_close(a: dict, b: dict) -> tuple[float, float]:
@@ -60,7 +63,7 @@ def _assert_eval_equal(two, one) -> None:
 def test_two_processes_match_one(algorithm, shrink, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _single(algorithm, shrink, one)
-    run_python([str(SCRIPT), *overrides(algorithm, shrink, two, *RUN, *DDP)])
+    run_python([str(SCRIPT), *overrides(algorithm, shrink, two, *RUN, *EQUAL.get(algorithm, []), *DDP)])
 
     ckpt_one, ckpt_two = load_ckpt(one / "checkpoints/last.ckpt"), load_ckpt(two / "checkpoints/last.ckpt")
     assert ckpt_one["global_step"] == ckpt_two["global_step"] == 4
@@ -87,7 +90,8 @@ def test_train_py_ddp_resumes_exactly(shrink, tmp_path):
     ckpt_path ends where one uninterrupted process ends."""
     one, two = tmp_path / "one", tmp_path / "two"
     _single("reptile", shrink, one, "trainer.max_steps=6", "trainer.val_check_interval=4")
-    args = overrides("reptile", shrink, two, *RUN, *DDP, "trainer.max_steps=6", "trainer.val_check_interval=4")
+    args = overrides("reptile", shrink, two, *RUN, *EQUAL["reptile"], *DDP, "trainer.max_steps=6",
+                     "trainer.val_check_interval=4")  # fmt: skip
     run_python([str(SCRIPT), "--stop-at=3", *args])
     stopped = load_ckpt(two / "checkpoints/last.ckpt")
     assert stopped["global_step"] == 3 and not (two / "test_metrics.json").exists()
@@ -102,3 +106,16 @@ def test_train_py_ddp_resumes_exactly(shrink, tmp_path):
     test_one = json.loads((one / "test_metrics.json").read_text())
     test_two = json.loads((two / "test_metrics.json").read_text())
     assert test_two == pytest.approx(test_one, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_carried_inner_state_is_averaged_over_ranks(shrink, tmp_path):
+    """With Reptile's exact carried state each rank carries it through its own tasks; after every meta-iteration
+    the ranks' states are averaged, so both ranks hold the same weights and the same state, bit for bit."""
+    two = tmp_path / "two"
+    run_python([str(SCRIPT), *overrides("reptile", shrink, two, *RUN, "algorithm.inner_state=carried", *DDP)])
+    rank0, rank1 = (torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    carried = [k for k in rank0 if k.startswith("carried.")]
+    assert carried and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    # 4 meta-iterations of 2 tasks per rank, 5 inner steps each: the step count the ranks carried
+    assert float(rank0["carried.s0"]) == 4 * 2 * 5

@@ -73,7 +73,7 @@ def test_scaled_grad_is_the_gradient_to_every_order():
 def test_16_mixed_inner_loss_scale_keeps_small_gradients():
     """Under fp16 autocast, hidden-layer inner gradients of a small loss underflow to zero without the static
     loss scale; with it they match float32 to ~5e-3 (measured 1e-3 to 5e-3)."""
-    learner, _ = sine_learner("fomaml", "algorithm.inner_steps=1", "algorithm.inner_lr=1.0")
+    learner, _ = sine_learner("fomaml", "algorithm.inner.steps=1", "algorithm.inner.lr=1.0")
     with torch.no_grad():
         learner.backbone.head.weight.mul_(1e-3)  # small outputs and residuals: gradients of ~1e-6 inside
     plugin = MixedPrecision("16-mixed", "cpu")

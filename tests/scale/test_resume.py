@@ -92,8 +92,8 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(shrink, tmp_path):
 # A sine run long enough (~10 ms a step) for SIGTERM, sent after the first validation, to land mid-training.
 SINE = [
     "data=sinusoid", "model.hidden=[8]", "trainer.max_steps=200", "trainer.val_check_interval=20",
-    "data.val_episodes=2", "data.test_episodes=2", "data.meta_batch_size=2", "algorithm.inner_steps=1",
-    "algorithm.eval_inner_steps=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "data.val_episodes=2", "data.test_episodes=2", "data.meta_batch_size=2", "algorithm.inner.steps=1",
+    "algorithm.eval_inner.steps=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
 ]  # fmt: skip
 
 
