@@ -16,17 +16,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from lightning_meta.algorithms.evaluation import Evaluation
 from lightning_meta.algorithms.functional import Params, loss_and_metric
 from lightning_meta.algorithms.inner import InnerLoop, Lr, declared_default, inner_loop_from
-from lightning_meta.algorithms.predictor import Predictor
 from lightning_meta.algorithms.scaling import check_trainer, scaled_grad
 from lightning_meta.data.episode import Episode
 from lightning_meta.metrics import EpisodeMetrics
 
 TaskFn = Callable[[Params, Episode], tuple]
+DEFAULT_INNER = InnerLoop()  # one SGD step at 0.01; each algorithm sets its paper's
 
 
-class MetaLearner(pl.LightningModule):
+class MetaLearner(Evaluation, pl.LightningModule):
     """Base class: subclasses override `meta_gradient`, and the finer hooks (`adapts`, `inner_lr`,
     `inner_objective`, `initial_state`) where adaptation differs.
 
@@ -57,7 +58,7 @@ class MetaLearner(pl.LightningModule):
         self,
         backbone: nn.Module,
         task: str = "classification",
-        inner: InnerLoop = InnerLoop(),
+        inner: InnerLoop = DEFAULT_INNER,
         eval_inner: InnerLoop | None = None,
         lr: float = 1e-3,
         lr_final: float | None = None,
@@ -106,6 +107,18 @@ class MetaLearner(pl.LightningModule):
         # a float64 checkpoint would be rounded through float32 on resume. Convert first.
         if self._trainer is not None:
             self.trainer.precision_plugin.convert_module(self)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **overrides: str):
+        """A learner from a train.py checkpoint, backbone included: rebuilt from the run's saved config (with
+        `overrides` as `dotted.key=value` strings, e.g. `**{"algorithm.eval_inner.steps": "100"}`), weights loaded.
+        Works from any algorithm class; the checkpoint's own must be `cls` or a subclass of it."""
+        from lightning_meta.evaluate import load_learner  # evaluate imports the algorithms
+
+        learner = load_learner(checkpoint_path, [f"{k}={v}" for k, v in overrides.items()])
+        if not isinstance(learner, cls):
+            raise TypeError(f"{checkpoint_path} holds a {type(learner).__name__}, not a {cls.__name__}")
+        return learner.to(map_location) if map_location is not None else learner
 
     # ----------------------------------------------------------------- functional building blocks
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -174,45 +187,10 @@ class MetaLearner(pl.LightningModule):
         loop = self.inner if loop is None else loop
         return self.inner_trajectory(params, support_x, support_y, loop, self.initial_state(loop))[0]
 
-    def predict(self, params: Params, support_x: Tensor, query_x: Tensor, transductive: bool | None = None) -> Tensor:
-        """Outputs for the queries under fast weights; non-transductive mode sees each query with the support set
-        only, so one query's prediction never depends on the others. `transductive` overrides the module's flag.
-
-        Shapes:
-            support_x (N*K, *x), query_x (N*Q, *x) -> (N*Q, out).
-        """
-        if self.transductive if transductive is None else transductive:
-            return self(query_x, params)
-        one = lambda q: self(torch.cat([support_x, q[None]]), params)[-1]
-        return vmap(one)(query_x)
-
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         """For one task: the meta-gradient w.r.t. every entry of `params` and logging metrics (query_loss,
         query_metric)."""
         raise NotImplementedError
-
-    def query_objective(self, fast: Params, episode: Episode, transductive: bool | None = None):
-        """Query loss of fast weights, with detached (query_loss, query_metric) as the auxiliary output for
-        `torch.func.grad(..., has_aux=True)`. Shapes: one task, query_x (N*Q, *x), query_y (N*Q,)."""
-        out = self.predict(fast, episode.support_x, episode.query_x, transductive)
-        loss, metric = loss_and_metric(out, episode.query_y, self.task)
-        return loss, {"query_loss": loss.detach(), "query_metric": metric.detach()}
-
-    def query_metrics(self, fast: Params, episode: Episode, transductive: bool | None = None) -> dict[str, Tensor]:
-        """Query loss and metric of adapted weights (no gradient)."""
-        with torch.no_grad():
-            return self.query_objective(fast, episode, transductive)[1]
-
-    def evaluate_task(self, params: Params, episode: Episode) -> dict[str, Tensor]:
-        """Adapt with `eval_inner`, then score the queries; with `eval_curve_steps` also "curve", the query metric
-        after each of those inner-step counts, shape (len(eval_curve_steps),)."""
-        score = lambda loop: self.query_metrics(self.inner_loop(params, *episode[:2], loop), episode)
-        out = score(self.eval_inner)
-        if self.eval_curve_steps:
-            points = [out if k == self.eval_inner.steps else score(self.eval_inner.replace(steps=k))
-                      for k in self.eval_curve_steps]  # fmt: skip
-            out["curve"] = torch.stack([point["query_metric"] for point in points])
-        return out
 
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
         """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0.
@@ -258,37 +236,6 @@ class MetaLearner(pl.LightningModule):
         # meta-gradient, and after the GradScaler unscaled it under 16-mixed (before, it is still scaled).
         if self.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-
-    # ----------------------------------------------------------------- evaluation
-    def _eval_step(self, batch: Episode, metrics: EpisodeMetrics) -> None:
-        with torch.enable_grad():  # evaluation adapts; the Trainer must run with inference_mode=False
-            out = self.map_tasks(self.evaluate_task, self.params(), batch)
-        metrics.update(out["query_metric"].detach(), out["query_loss"].detach(), out.get("curve"))
-
-    def validation_step(self, batch: Episode, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute_and_reset("val"), prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch: Episode, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute_and_reset("test"), sync_dist=True)
-
-    # ----------------------------------------------------------------- adapt-and-predict API
-    def adapt(self, support_x: Tensor, support_y: Tensor, loop: InnerLoop | None = None) -> Predictor:
-        """Adapt a copy of the meta-weights to a new task with `loop` (default `eval_inner`, e.g.
-        `learner.eval_inner.replace(steps=100)`); the meta-weights are left untouched.
-
-        Shapes:
-            support_x (N*K, *x), support_y (N*K,). The returned predictor maps (B, *x) -> (B, out).
-        """
-        support_x, support_y = support_x.to(self.device), support_y.to(self.device)
-        with torch.inference_mode(False), torch.enable_grad():
-            fast = self.inner_loop(self.params(), support_x, support_y, loop or self.eval_inner)
-        return Predictor(self, {k: v.detach() for k, v in fast.items()}, support_x)
 
     # ----------------------------------------------------------------- optimizers
     def configure_optimizers(self):

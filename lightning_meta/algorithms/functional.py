@@ -30,18 +30,6 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
     return {k: params[k] - lr * grads[k] for k in params}
 
 
-def adam_step(
-    params: Params, grads: Params, state: tuple[int, Params], lr: float, beta2: float = 0.999, eps: float = 1e-8
-) -> tuple[Params, tuple[int, Params]]:
-    """Adam with beta1 = 0 (the Reptile paper's inner optimizer): one step with bias-corrected second moments."""
-    t, v = state
-    t += 1
-    v = {k: beta2 * v[k] + (1 - beta2) * grads[k] ** 2 for k in v}
-    correction = 1 - beta2**t
-    new = {k: params[k] - lr * grads[k] / ((v[k] / correction).sqrt() + eps) for k in params}
-    return new, (t, v)
-
-
 def loss_and_metric(output: Tensor, target: Tensor, task: str) -> tuple[Tensor, Tensor]:
     """(loss, accuracy) for classification, (mse, mse) for regression. Half-precision outputs are scored in
     float32, float64 ones in float64 (a float32 loss would cap float64 gradient checks at ~1e-7 relative)."""
@@ -54,14 +42,6 @@ def loss_and_metric(output: Tensor, target: Tensor, task: str) -> tuple[Tensor, 
     # products) raises "ZeroTensors are immutable" in torch <= 2.13 (pytorch/pytorch#123996). Same value.
     loss = ((output - target.to(output.dtype)) ** 2).mean()
     return loss, loss
-
-
-def batch_indices(step: int, batch_size: int | None, n: int) -> Tensor | None:
-    """Example ids of inner mini-batch `step`: consecutive, wrapping around the (pre-shuffled) support set."""
-    if batch_size is None or batch_size >= n:
-        return None
-    start = step * batch_size
-    return torch.arange(start, start + batch_size) % n
 
 
 def detach(params: Params) -> Params:

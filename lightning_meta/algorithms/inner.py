@@ -46,7 +46,9 @@ class Adam:
 
     def init(self, fast: Params) -> tuple[Tensor, Params]:
         first = next(iter(fast.values()))
-        return torch.zeros((), dtype=first.dtype, device=first.device), {k: torch.zeros_like(v) for k, v in fast.items()}
+        return torch.zeros((), dtype=first.dtype, device=first.device), {
+            k: torch.zeros_like(v) for k, v in fast.items()
+        }
 
     def step(self, fast: Params, grads: Params, state: tuple[Tensor, Params], lr: Lr) -> tuple[Params, tuple]:
         t, v = state

@@ -24,8 +24,11 @@ CONVEX = {
 def test_adaptation_never_raises_the_support_loss_on_a_convex_task(name, linear_task):
     cls, loop = CONVEX[name]
     model, episode = linear_task
-    learner = cls(model, task="regression", inner=loop, inner_state="fresh") if cls is Reptile else cls(
-        model, task="regression", inner=loop)
+    learner = (
+        cls(model, task="regression", inner=loop, inner_state="fresh")
+        if cls is Reptile
+        else cls(model, task="regression", inner=loop)
+    )
     theta = learner.params()
     losses, objectives = [], []
     for steps in range(9):  # the support loss after 0, 1, ..., 8 inner steps
