@@ -1,56 +1,101 @@
-"""Callbacks train.py adds to every run."""
+"""Callbacks train.py adds to every run: `LastCheckpoint` keeps `last.ckpt` fresh and loadable, `NonFiniteGuard`
+stops a run whose meta-gradient, loss or weights stop being finite."""
 
 from __future__ import annotations
 
+import math
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+
+from lightning_meta.config import ConfigError
 
 
-class GracefulStop(pl.Callback):
-    """Keeps `last.ckpt` resumable: saves it when training ends, and on the first Ctrl-C or SIGTERM finishes
-    the current meta-iteration, saves it and stops cleanly (a second Ctrl-C interrupts at once). All ranks
-    agree before stopping, so DDP runs stop on the same step.
+class NonFiniteError(ConfigError):
+    """Training produced NaN or inf; the message names the step, the quantity and the likely fix."""
 
-    Lightning 2.6's `ModelCheckpoint(save_last=True)` rewrites last.ckpt only together with a top-k save, so a
-    run whose final validation did not improve would otherwise end with a stale last.ckpt.
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+
+class LastCheckpoint(pl.Callback):
+    """Owns `last.ckpt`: rewrites it every `every_n_steps` meta-iterations and/or every `every_minutes` minutes,
+    when training ends, and on the first Ctrl-C or SIGTERM, after which it stops the run cleanly (a second
+    Ctrl-C interrupts at once). All ranks agree before saving or stopping, so DDP runs do both on the same step.
+
+    Each save writes `last.ckpt.tmp` and renames it over `last.ckpt` (an atomic `os.replace`), so a `kill -9` at
+    any moment leaves the previous or the new checkpoint, never a torn one; weights that are not finite are never
+    saved. Lightning 2.6's `ModelCheckpoint(save_last=True)` rewrites last.ckpt only together with a top-k save,
+    so train.py leaves last.ckpt to this callback alone.
 
     Args:
-        ckpt_path: where to write the checkpoint (train.py: `<output_dir>/checkpoints/last.ckpt`).
+        path: where to write the checkpoint (train.py: `<output_dir>/checkpoints/last.ckpt`).
+        every_n_steps: meta-iterations between saves (None: no step-based saves).
+        every_minutes: minutes of training between saves (None: no time-based saves).
     """
 
-    def __init__(self, ckpt_path: str | Path) -> None:
-        self.ckpt_path = str(ckpt_path)
+    def __init__(self, path: str | Path, every_n_steps: int | None = None, every_minutes: float | None = 5.0) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ConfigError(f"checkpoint.every_n_steps={every_n_steps}; give 1 or more, or null")
+        if every_minutes is not None and not every_minutes > 0:
+            raise ConfigError(f"checkpoint.every_minutes={every_minutes}; give a positive number, or null")
+        self.path = Path(path)
+        self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
         self.requested = False  # a signal arrived in this process
         self.stopped = False  # training stopped on request (on every rank)
-        self._saved_step: int | None = None
+        self.saved_step: int | None = None
+        self._saved_at = time.monotonic()
         self._previous: dict[int, object] = {}
 
     @staticmethod
     def stopped_on_request(trainer: pl.Trainer) -> bool:
         """Whether `trainer` stopped early because of a signal (train.py then skips meta-testing)."""
-        return any(isinstance(cb, GracefulStop) and cb.stopped for cb in trainer.callbacks)
+        return any(isinstance(cb, LastCheckpoint) and cb.stopped for cb in trainer.callbacks)
 
     def _request(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.ckpt_path)  # every rank calls it; rank 0 writes
-        self._saved_step = trainer.global_step
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt atomically (every rank calls it; rank 0 writes), unless the weights are not finite."""
+        if not all_finite(trainer.lightning_module.parameters()):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # ends with a barrier: rank 0 has written tmp when every rank returns
+        if trainer.is_global_zero:
+            with open(tmp, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(tmp, self.path)
+        self.saved_step, self._saved_at = trainer.global_step, time.monotonic()
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        by_steps = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        by_time = self.every_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_minutes
+        return by_steps or by_time
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_at = time.monotonic()
+        if trainer.ckpt_path and Path(trainer.ckpt_path).resolve() == self.path.resolve():
+            self.saved_step = trainer.global_step  # resumed from this very file: it holds this step
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._request)
             except ValueError:  # not the main thread (e.g. a notebook worker): leave the handlers alone
                 pass
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
-            self._save(trainer)
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        # One all-reduce a step for both decisions: any rank asked to stop, any rank's clock says save.
+        flags = torch.tensor([float(self.requested), float(self._due(trainer))], device=pl_module.device)
+        requested, due = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum"))
+        if requested or due:
+            self.save(trainer)
+        if requested:
             # Lightning validates whenever it is asked to stop. Skip that validation unless one is due at this
             # step anyway: a stopped and resumed run then validates, and picks its best checkpoint, at the same
             # steps as an uninterrupted one, and a preemption's grace period is not spent validating.
@@ -58,11 +103,74 @@ class GracefulStop(pl.Callback):
             loop._skip_next_val = not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
             trainer.should_stop = self.stopped = True
             pl.utilities.rank_zero_info(f"Stopped on request at step {trainer.global_step}; resume with "
-                                        f"ckpt_path={self.ckpt_path}")  # fmt: skip
+                                        f"ckpt_path={self.path}")  # fmt: skip
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._saved_step != trainer.global_step:
-            self._save(trainer)
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
+        self._restore_handlers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stops training at the first non-finite meta-gradient, training loss or weight, with one line that names
+    the step, the quantity and what to change. It raises before the optimizer applies a non-finite gradient, and
+    before `LastCheckpoint` (listed after it) could save, so the last checkpoint on disk stays the last good one.
+
+    Under `16-mixed` a non-finite gradient is the GradScaler's business (it skips that step and lowers its
+    scale), so only the loss and the weights are checked there.
+    """
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        if str(trainer.precision) == "16-mixed":
+            return
+        bad = [name for name, p in pl_module.named_parameters() if p.grad is not None and not all_finite([p.grad])]
+        # The meta-gradient is all-reduced already, so every rank sees the same and raises on the same step.
+        if bad:
+            self._stop(trainer, pl_module, f"the meta-gradient is not finite (in {bad[0]})")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        loss = trainer.callback_metrics.get("train/query_loss")
+        loss_bad = loss is not None and not math.isfinite(float(loss))
+        weights_bad = not all_finite(pl_module.parameters())
+        flags = torch.tensor([float(loss_bad), float(weights_bad)], device=pl_module.device)
+        loss_bad, weights_bad = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum"))
+        if weights_bad:
+            self._stop(trainer, pl_module, "the meta-weights are not finite after the optimizer step")
+        if loss_bad:
+            self._stop(trainer, pl_module, "the training query loss (train/query_loss) is not finite")
+
+    @staticmethod
+    def _stop(trainer: pl.Trainer, pl_module: pl.LightningModule, quantity: str) -> None:
+        kept = next((cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)), None)
+        if kept is not None and kept.path.is_file():
+            step = f" (step {kept.saved_step})" if kept.saved_step is not None else ""
+            kept_text = f"{kept.path}{step} is kept"
+        else:
+            kept_text = "no checkpoint was written"
+        raise NonFiniteError(
+            f"step {trainer.global_step + 1}: {quantity}; training stopped and {kept_text}. Likely fix: "
+            f"{likely_fix(pl_module)}"
+        )
+
+
+def likely_fix(pl_module: pl.LightningModule) -> str:
+    """The step sizes to lower, with their current values, read from the run's config when the learner has one."""
+    algorithm = (pl_module.hparams.get("config") or {}).get("algorithm", {})
+    inner = algorithm.get("inner") if isinstance(algorithm.get("inner"), dict) else None
+    inner_lr = inner.get("lr") if inner else algorithm.get("inner_lr")
+    inner_key = "algorithm.inner.lr" if inner else "algorithm.inner_lr"
+    parts = []
+    if inner_lr is not None:
+        parts.append(f"lower {inner_key} (now {inner_lr:g})")
+    if algorithm.get("lr") is not None:
+        parts.append(f"lower algorithm.lr (now {algorithm['lr']:g})")
+    parts.append("or set algorithm.grad_clip (e.g. 10)")
+    return ", ".join(parts)

@@ -9,6 +9,7 @@ errors that name the key, the expected type and the nearest valid keys.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -21,11 +22,22 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("algorithm", "data", "model", "trainer", "experiment")
+GROUPS = ("algorithm", "data", "model", "trainer", "logger", "experiment")
+# Groups whose member is a `_target_` node of the composed config (a logger member may be `_target_: null`: none).
+NODE_GROUPS = ("algorithm", "data", "model", "trainer", "logger")
+# `_target_` nodes written in train.yaml itself (not groups); optional, so configs saved before them still load.
+RUN_NODES = ("checkpoint",)
 # Top-level keys and their types (they have no constructor to bind to).
 RUN_KEYS: dict[str, Any] = {"seed": int, "output_dir": str | None, "ckpt_path": str | None}
 # Arguments filled in by train() itself, never from the config.
-PROVIDED = {"algorithm": ("backbone", "task"), "trainer": ("callbacks", "logger", "default_root_dir")}
+PROVIDED = {
+    "algorithm": ("backbone", "task"),
+    "trainer": ("callbacks", "logger", "default_root_dir"),
+    "logger": ("save_dir", "root_dir"),  # root_dir: the Fabric base class's name for save_dir
+    "checkpoint": ("path",),
+}
+# What to write instead of a PROVIDED key that has a config of its own.
+INSTEAD = {"trainer.logger": "choose the logger with logger=tensorboard, logger=csv or logger=none"}
 
 
 class ConfigError(ValueError):
@@ -59,13 +71,24 @@ def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 def _member(config_dir: Path, group: str, name: str) -> Path:
     path = config_dir / group / f"{name}.yaml"
-    if not path.exists():
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not path.exists():
         names = [p.stem for p in (config_dir / group).glob("*.yaml")]
         raise ConfigError(f"no {group} named {name!r}{_nearest(name, names)}")
     return path
 
 
 def _type_name(annotation: Any) -> str:
+    """`int`, `int or null`, `one of 64, 32, '16-mixed', ...` (a Literal lists its values)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
+    if origin in (typing.Union, types.UnionType):  # the values of its Literals as one list, then the other types
+        args = typing.get_args(annotation)
+        values = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        names = [_type_name(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        return " or ".join([f"one of {', '.join(map(repr, values))}"] * bool(values) + list(dict.fromkeys(names)))
+    if annotation is type(None):
+        return "null"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -93,6 +116,44 @@ def _matches(value: Any, annotation: Any) -> bool:
     if origin is dict or annotation is dict:
         return isinstance(value, (dict, DictConfig))
     return True  # a class (Accelerator, Strategy, ...): Lightning checks those itself
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    """The dataclass an argument is annotated with (`InnerLoop`, `InnerLoop | None`), else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    return next((arg for arg in typing.get_args(annotation) if dataclasses.is_dataclass(arg)), None)
+
+
+def _check_dataclass_node(node: DictConfig, cls: type, where: str) -> None:
+    """A dict bound to a dataclass argument: every key one of its fields, every value of the field's type."""
+    hints = typing.get_type_hints(cls)
+    for key in node:
+        if key not in hints:
+            raise ConfigError(f"unknown key {where}.{key} for {cls.__name__}{_nearest(key, list(hints))}")
+        if not _matches(node[key], hints[key]):
+            raise ConfigError(f"{where}.{key}={node[key]!r} has the wrong type; {cls.__name__} expects "
+                              f"{_type_name(hints[key])}")  # fmt: skip
+
+
+def fill_defaults(node: DictConfig, provided: Sequence[str] = ()) -> None:
+    """Write a `_target_` node's constructor defaults into it for every argument it leaves out (a dataclass default
+    as a dict of its fields, also completing a partial dict), so that a YAML lists only what it changes while every
+    key can still be overridden and the saved config is complete."""
+    for name, param in _signature_params(_target(node._target_)).items():
+        default = param.default
+        if name in provided:
+            continue
+        if dataclasses.is_dataclass(default):
+            fields = dataclasses.asdict(default)
+            if name not in node:
+                node[name] = fields
+            elif isinstance(node[name], DictConfig):
+                for key, value in fields.items():
+                    if key not in node[name]:
+                        node[name][key] = value
+        elif name not in node and (default is None or isinstance(default, (bool, int, float, str, list, tuple))):
+            node[name] = list(default) if isinstance(default, tuple) else default
 
 
 def _target(path: str) -> Any:
@@ -133,6 +194,8 @@ def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> No
         value = node[key]
         if OmegaConf.is_config(value) and "_target_" in value:
             check_node(value, f"{where}.{key}")
+        elif isinstance(value, DictConfig) and _dataclass_of(params[key].annotation):
+            _check_dataclass_node(value, _dataclass_of(params[key].annotation), f"{where}.{key}")
         elif not _matches(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value, params[key].annotation):
             expected = _type_name(params[key].annotation)
             raise ConfigError(f"{where}.{key}={value!r} has the wrong type; {node._target_} expects {expected}")
@@ -153,8 +216,10 @@ def _apply_override(cfg: DictConfig, override: str) -> None:
         raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
     if leaf not in parent and "_target_" not in parent:  # a _target_ node takes any argument of its signature
         raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
-    value = OmegaConf.from_dotlist([f"v={override.partition('=')[2]}"])["v"]
-    parent[leaf] = value
+    text = override.partition("=")[2]
+    if "${" in text:
+        raise ConfigError(f"{override}: interpolations (${{...}}) work in YAML files only; write the value itself")
+    parent[leaf] = OmegaConf.from_dotlist([f"v={text}"])["v"]
 
 
 def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -183,15 +248,31 @@ def load_config(argv: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> Dict
     selection.update(exp_defaults)
     selection.update(groups)
     cfg = base
-    for group in ("algorithm", "data", "model", "trainer"):
+    for group in NODE_GROUPS:
         _, node = _read(_member(config_dir, group, selection[group]))
         cfg[group] = node
+    _apply_data_settings(cfg, selection["algorithm"])
     cfg = OmegaConf.merge(cfg, exp_node)
+    _fill_algorithm(cfg)
     for override in overrides:
         _apply_override(cfg, override)
+    _fill_algorithm(cfg)  # again, for an overridden algorithm._target_
     cfg.selection = {g: selection.get(g) for g in GROUPS}
     _validate(cfg)
     return cfg
+
+
+def _apply_data_settings(cfg: DictConfig, algorithm: str) -> None:
+    """A data member's `algorithm_settings.<algorithm>`: the algorithm keys that dataset needs (e.g. sine regression's
+    inner step sizes), below the experiment and the command line."""
+    settings = cfg.data.pop("algorithm_settings", None) or {}
+    if algorithm in settings:
+        cfg.algorithm = OmegaConf.merge(cfg.algorithm, settings[algorithm])
+
+
+def _fill_algorithm(cfg: DictConfig) -> None:
+    if "_target_" in cfg.get("algorithm", {}):
+        fill_defaults(cfg.algorithm, PROVIDED["algorithm"])
 
 
 def override_config(saved: dict, overrides: Sequence[str] = ()) -> DictConfig:
@@ -205,7 +286,7 @@ def override_config(saved: dict, overrides: Sequence[str] = ()) -> DictConfig:
         chosen = " ".join(f"{group}={name}" for group, name in groups.items())
         raise ConfigError(
             f"{chosen} selects a config group, which a saved run cannot change; override its keys instead "
-            "(e.g. algorithm.eval_inner_steps=10 or data.shots=5)"
+            "(e.g. algorithm.eval_inner.steps=10 or data.shots=5)"
         )
     cfg = OmegaConf.create(saved)
     for override in dotted:
@@ -220,20 +301,23 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"train.yaml lacks the run key {key}")
         if not _matches(cfg[key], annotation):
             raise ConfigError(f"{key}={cfg[key]!r} has the wrong type; expected {_type_name(annotation)}")
-    extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - {"selection"}
+    extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - set(RUN_NODES) - {"selection"}
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}{_nearest(min(extra), RUN_KEYS)}")
     try:
         OmegaConf.resolve(cfg)
     except Exception as error:  # an interpolation that names a missing key
         raise ConfigError(f"cannot resolve the config: {error}") from error
-    for group in ("algorithm", "data", "model", "trainer"):
+    for group in (*NODE_GROUPS, *RUN_NODES):
+        if group in ("logger", *RUN_NODES) and (group not in cfg or cfg[group].get("_target_", 0) is None):
+            continue  # optional (absent from configs saved before it existed), or `_target_: null` for none
         if "_target_" not in cfg[group]:
             raise ConfigError(f"{group} config has no _target_")
-        check_node(cfg[group], group, PROVIDED.get(group, ()))
         for key in PROVIDED.get(group, ()):
             if key in cfg[group]:
-                raise ConfigError(f"{group}.{key} is set by train.py itself; remove it from the config")
+                instead = INSTEAD.get(f"{group}.{key}", "remove it from the config")
+                raise ConfigError(f"{group}.{key} is set by train.py itself; {instead}")
+        check_node(cfg[group], group, PROVIDED.get(group, ()))
     OmegaConf.set_struct(cfg, True)
 
 

@@ -10,34 +10,30 @@ data.queries=1 algorithm.transductive=false`. Prints one summary line and writes
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_meta import cli
 from lightning_meta.config import ConfigError, instantiate, override_config
 from lightning_meta.metrics import EpisodeMetrics
-from lightning_meta.run import build
+from lightning_meta.resume import check_state_fits, read_checkpoint
+from lightning_meta.run import build, user_errors
 
-EVAL_KEYS = ("ckpt_path", "json_path")  # arguments of eval.py itself, not config keys
+EVAL_KEYS = ("ckpt_path", "json_path", "allow_nonfinite")  # arguments of eval.py itself, not config keys
+USAGE = """usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt [json_path=<file>] [allow_nonfinite=true]
+                   [dotted.key=value ...]
 
-
-def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint, loaded with `weights_only=True`; a clear error when it is missing or foreign."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; give e.g. <run>/checkpoints/last.ckpt")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt.get("hyper_parameters", {}).get("config"), dict):
-        raise ConfigError(
-            f"{ckpt_path} has no saved run config (hyper_parameters['config']); only checkpoints written by "
-            "train.py carry one: build the learner yourself and load_state_dict(checkpoint['state_dict'])"
-        )
-    return ckpt
+  ckpt_path        a checkpoint written by train.py (its saved config rebuilds the learner and the episodes)
+  json_path        where to write the report (default: <run>/eval_<checkpoint>_<setting>.json)
+  allow_nonfinite  true: report the mean over the finite episodes when some diverge (default: an error)
+  dotted.key=value any key of the saved config, e.g. data.test_episodes=10000 algorithm.eval_inner.steps=50"""
 
 
 def load(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConfig, Any, Any]:
@@ -45,18 +41,16 @@ def load(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConf
     meta-weights in eval mode. The datamodule is not set up (no data is read)."""
     ckpt = read_checkpoint(ckpt_path)
     cfg = override_config(ckpt["hyper_parameters"]["config"], overrides)
-    datamodule, learner = build(cfg)
+    with user_errors():
+        datamodule, learner = build(cfg)
     out_features = cfg.model.get("out_features")
     if datamodule.task == "classification" and out_features is not None and datamodule.ways > out_features:
         raise ConfigError(
             f"data.ways={datamodule.ways} but the checkpoint's network has {out_features} outputs; evaluate "
             f"with data.ways<={out_features} or meta-train a {datamodule.ways}-way model"
         )
-    try:
-        learner.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as error:
-        raise ConfigError(f"the checkpoint's weights do not fit the model built from the config; "
-                          f"do not override model.* keys ({error})") from error  # fmt: skip
+    check_state_fits(learner, ckpt, str(ckpt_path))
+    learner.load_state_dict(ckpt["state_dict"])
     return cfg, datamodule, learner.eval()
 
 
@@ -64,7 +58,7 @@ def load_learner(ckpt_path: str | Path, overrides: Sequence[str] = ()):
     """A trained learner from a train.py checkpoint, ready for `learner.adapt(support_x, support_y)`.
 
     Example:
-        learner = load_learner("outputs/run/checkpoints/last.ckpt", ["algorithm.eval_inner_steps=50"])
+        learner = load_learner("outputs/run/checkpoints/last.ckpt", ["algorithm.eval_inner.steps=50"])
         predictor = learner.adapt(support_x, support_y)  # meta-weights untouched
         labels = predictor.classify(query_x)
     """
@@ -88,7 +82,7 @@ def describe(datamodule, learner, metrics: dict[str, float]) -> str:
         shape = f"{datamodule.ways}-way {shape}"
     mode = "transductive" if learner.transductive else "non-transductive"
     episodes = int(metrics["test/episodes"])
-    setting = f"{episodes} episodes, {shape}, {learner.eval_inner_steps} inner steps, {mode}"
+    setting = f"{episodes} episodes, {shape}, {learner.eval_inner.steps} inner steps, {mode}"
     return f"{figure(metrics, f'test/{EpisodeMetrics.metric_name(task)}', task)} ({setting})"
 
 
@@ -100,7 +94,7 @@ def default_json_path(ckpt_path: str | Path, datamodule, learner) -> Path:
     if datamodule.task == "classification":
         shape = f"{datamodule.ways}way-{shape}"
     mode = "transductive" if learner.transductive else "nontransductive"
-    setting = f"{shape}_{learner.eval_inner_steps}steps_{datamodule.test_episodes}ep_{mode}"
+    setting = f"{shape}_{learner.eval_inner.steps}steps_{datamodule.test_episodes}ep_{mode}"
     return run / f"eval_{ckpt.stem}_{setting}.json"
 
 
@@ -113,26 +107,55 @@ def protocol(datamodule, learner) -> dict[str, Any]:
         "shots": datamodule.shots,
         "queries": datamodule.queries,
         "seed": datamodule.seed,
-        "eval_inner_steps": learner.eval_inner_steps,
-        "eval_inner_lr": learner.eval_inner_lr,
+        "eval_inner": asdict(learner.eval_inner),
         "transductive": learner.transductive,
         "eval_curve_steps": list(learner.eval_curve_steps),
     }
 
 
-def evaluate(ckpt_path: str | Path, overrides: Sequence[str] = (), json_path: str | None = None) -> dict:
+def writable(path: Path) -> Path:
+    """`path`, once it is known that a file can be written there (checked before a long evaluation, not after)."""
+    folder = next((p for p in path.resolve().parents if p.exists()), Path("/"))
+    if path.is_dir():
+        raise ConfigError(f"json_path={path} is a folder; give a file name, e.g. {path / 'eval.json'}")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"json_path={path} cannot be written ({folder} is not a writable folder); give another")
+    return path
+
+
+def check_finite(metrics: dict[str, float], allow_nonfinite: bool) -> None:
+    bad, total = int(metrics.get("test/nonfinite_episodes", 0)), int(metrics.get("test/episodes", 0))
+    if bad and not allow_nonfinite:
+        raise ConfigError(
+            f"{bad} of {total} test episodes gave a non-finite loss after adaptation (the inner loop diverged); "
+            "lower algorithm.eval_inner.lr or algorithm.eval_inner.steps, or add allow_nonfinite=true to report "
+            f"the figures over the {total - bad} finite episodes"
+        )
+
+
+def evaluate(
+    ckpt_path: str | Path, overrides: Sequence[str] = (), json_path: str | None = None, allow_nonfinite: bool = False
+) -> dict:
     """Meta-test a checkpoint on the held-out split; prints the summary line and writes the JSON (rank 0).
+    Episodes whose loss is not finite after adaptation are an error unless `allow_nonfinite` (then the figures
+    are over the finite ones, and `test/nonfinite_episodes` counts the others).
 
     Returns:
         {"summary", "metrics" (test/acc or test/mse, its _ci95, test/episodes, the curve points), "protocol",
         "checkpoint", "overrides", "config"}.
     """
     cfg, datamodule, learner = load(ckpt_path, overrides)
+    if datamodule.test_episodes < 1:
+        raise ConfigError(f"data.test_episodes={datamodule.test_episodes}: nothing to evaluate; give 1 or more")
+    path = writable(Path(json_path) if json_path else default_json_path(ckpt_path, datamodule, learner))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     root = str(Path(ckpt_path).parent)
-    trainer = instantiate(cfg.trainer, callbacks=[], logger=False, default_root_dir=root)
+    with user_errors():
+        trainer = instantiate(cfg.trainer, callbacks=[], logger=False, default_root_dir=root)
+        datamodule.setup("test")  # reads the data now: a missing or corrupt file is a one-line error
     results = trainer.test(learner, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    check_finite(metrics, allow_nonfinite)
     report = {
         "summary": describe(datamodule, learner, metrics),
         "metrics": metrics,
@@ -146,15 +169,15 @@ def evaluate(ckpt_path: str | Path, overrides: Sequence[str] = (), json_path: st
         for key in metrics:
             if "_step" in key and not key.endswith("_ci95"):
                 print(figure(metrics, key, datamodule.task))
-        path = Path(json_path) if json_path else default_json_path(ckpt_path, datamodule, learner)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
     return report
 
 
-def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str]]:
-    """(ckpt_path, json_path, overrides) from `ckpt_path=... [json_path=...] [dotted.key=value ...]`."""
+def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str], bool]:
+    """(ckpt_path, json_path, overrides, allow_nonfinite) from `ckpt_path=... [json_path=...]
+    [allow_nonfinite=true] [dotted.key=value ...]`."""
     own, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -164,14 +187,21 @@ def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str]]:
             overrides.append(arg)
     if not own.get("ckpt_path"):
         raise ConfigError("give the checkpoint to evaluate: eval.py ckpt_path=<run>/checkpoints/<name>.ckpt")
-    return own["ckpt_path"], own.get("json_path"), overrides
+    allow = own.get("allow_nonfinite", "false").lower()
+    if allow not in ("true", "false"):
+        raise ConfigError(f"allow_nonfinite={own['allow_nonfinite']}; write allow_nonfinite=true or false")
+    return own["ckpt_path"], own.get("json_path"), overrides, allow == "true"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        ckpt_path, json_path, overrides = parse_eval_argv(sys.argv[1:] if argv is None else argv)
-        evaluate(ckpt_path, overrides, json_path)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """`python eval.py [--help] ckpt_path=... [json_path=...] [allow_nonfinite=true] [dotted.key=value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(USAGE)
+        return 0
+
+    def run() -> None:
+        ckpt_path, json_path, overrides, allow_nonfinite = parse_eval_argv(argv)
+        evaluate(ckpt_path, overrides, json_path, allow_nonfinite)
+
+    return cli.guarded(run)

@@ -23,6 +23,11 @@ class EpisodeMetrics(nn.Module):
     """Collects one value per evaluation episode; `CatMetric` gathers them from every DDP rank at compute
     time, so a 2-process run reports the figures of a 1-process run.
 
+    An episode whose loss or metric is NaN or inf after adaptation (a diverged inner loop) is counted in
+    `<stage>/nonfinite_episodes` and left out of the mean and interval, which are then over the finite ones;
+    `<stage>/episodes` counts all. (torchmetrics' default `nan_strategy="warn"` would drop NaNs from the metric
+    and the loss separately, with only a warning; "disable" keeps them so they can be counted here.)
+
     Args:
         task: "classification" (accuracy and loss) or "regression" (MSE).
         curve_steps: inner-step counts of the adaptation curve; each gets `<stage>/<metric>_step<K>` (+ CI).
@@ -31,10 +36,10 @@ class EpisodeMetrics(nn.Module):
     def __init__(self, task: str, curve_steps: Sequence[int] = ()) -> None:
         super().__init__()
         self.task = task
-        self.metric = CatMetric()
-        self.loss = CatMetric()
+        self.metric = CatMetric(nan_strategy="disable")
+        self.loss = CatMetric(nan_strategy="disable")
         self.curve_steps = tuple(curve_steps)
-        self.curve = nn.ModuleList(CatMetric() for _ in self.curve_steps)
+        self.curve = nn.ModuleList(CatMetric(nan_strategy="disable") for _ in self.curve_steps)
 
     @staticmethod
     def metric_name(task: str) -> str:
@@ -52,11 +57,18 @@ class EpisodeMetrics(nn.Module):
         values = {}
         if self.metric.update_count:
             episodes = torch.atleast_1d(self.metric.compute())
-            values = {**self._summary(stage, name, episodes), f"{stage}/episodes": float(episodes.numel())}
+            losses = torch.atleast_1d(self.loss.compute())
+            finite = torch.isfinite(episodes) & torch.isfinite(losses)
+            values = {
+                **self._summary(stage, name, episodes[finite]),
+                f"{stage}/episodes": float(episodes.numel()),
+                f"{stage}/nonfinite_episodes": float((~finite).sum()),
+            }
             if self.task == "classification":
-                values[f"{stage}/loss"] = float(torch.atleast_1d(self.loss.compute()).double().mean())
+                values[f"{stage}/loss"] = float(losses[finite].double().mean())
             for k, curve in zip(self.curve_steps, self.curve, strict=True):
-                values.update(self._summary(stage, f"{name}_step{k}", torch.atleast_1d(curve.compute())))
+                points = torch.atleast_1d(curve.compute())
+                values.update(self._summary(stage, f"{name}_step{k}", points[finite & torch.isfinite(points)]))
         for metric in (self.metric, self.loss, *self.curve):
             metric.reset()
         return values

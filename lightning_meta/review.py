@@ -119,7 +119,7 @@ def episode_figure(learner, episode: Episode, max_images: int = 20):
         return classification_figure(episode, predictor.classify(episode.query_x).cpu(), max_images)
     if episode.support_x.dim() == 2 and episode.support_x.shape[1] == 1 and learner.task == "regression":
         xs = torch.cat([episode.support_x, episode.query_x]).cpu()
-        grid_x = torch.linspace(float(xs.min()), float(xs.max()), 200)[:, None]
+        grid_x = torch.linspace(float(xs.min()), float(xs.max()), 200, dtype=xs.dtype)[:, None]  # 64-true: double
         with torch.no_grad():
             initial = learner(grid_x.to(learner.device)).cpu()
         return regression_figure(episode, grid_x, predictor(grid_x).cpu(), initial)

@@ -1,41 +1,61 @@
 """The training entry point behind `python train.py`: config -> datamodule -> model -> callbacks -> logger ->
-trainer, then fit and test."""
+trainer, then fit and test.
+
+Everything a user can get wrong is checked before the first file is written (`prepare`): the run directory, the
+checkpoint to resume and its fit to the config, the constructors' own checks, the data on disk, the Trainer
+settings. A failed start therefore leaves no trace; `main` prints its one-line reason and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lightning_meta import cli
 from lightning_meta.algorithms.scaling import check_trainer
-from lightning_meta.callbacks import GracefulStop
-from lightning_meta.config import ConfigError, instantiate, load_config
+from lightning_meta.callbacks import LastCheckpoint, NonFiniteGuard
+from lightning_meta.config import ConfigError, instantiate
+from lightning_meta.data import fit_model_input
 from lightning_meta.metrics import EpisodeMetrics
+from lightning_meta.resume import check_resume_config, check_state_fits, read_checkpoint
 from lightning_meta.review import EvaluationReview
 
 
+def _run_of(ckpt_path: Path) -> Path:
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
 def resolve_output_dir(cfg: DictConfig) -> Path:
-    """The run directory; refuses to start a fresh run over another run's checkpoints."""
+    """The run directory. Refuses a fresh run over another run's checkpoints, and a resume into a directory that
+    holds checkpoints of a run other than the one resumed."""
+    ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
     if cfg.output_dir:
         out = Path(cfg.output_dir)
-    elif cfg.ckpt_path:
-        out = Path(cfg.ckpt_path).resolve().parent.parent
+    elif ckpt is not None:
+        out = _run_of(ckpt)
     else:
         out = Path("outputs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if cfg.ckpt_path:
-        if not Path(cfg.ckpt_path).is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; give the path of a .ckpt file")
-    elif any((out / "checkpoints").glob("*.ckpt")):
+    held = sorted((out / "checkpoints").glob("*.ckpt"))
+    if held and ckpt is None:
         raise ConfigError(
             f"{out} already holds checkpoints; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'} "
             "or choose another output_dir"
+        )
+    if held and ckpt.parent != (out / "checkpoints").resolve():
+        raise ConfigError(
+            f"output_dir={out} holds another run's checkpoints ({held[0].name}), which resuming from "
+            f"{cfg.ckpt_path} would overwrite; leave output_dir out to resume into {_run_of(ckpt)}, or give an "
+            "empty output_dir"
         )
     return out
 
@@ -43,61 +63,129 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
 def build(cfg: DictConfig):
     """Instantiate (datamodule, learner) from a composed config; the learner carries the config as hparams."""
     datamodule = instantiate(cfg.data)
+    fit_model_input(cfg.model, datamodule.input_shape())  # the network's input layer follows the data
     backbone = instantiate(cfg.model)
     learner = instantiate(cfg.algorithm, backbone=backbone, task=datamodule.task)
     learner.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, learner
 
 
-def callbacks(out: Path, task: str, validate: bool) -> list[pl.Callback]:
+# Appended to Lightning's own Trainer errors, which name the argument but not where to change it.
+TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trainer.devices=1 fit any machine)"
+
+
+@contextmanager
+def user_errors(hint: str = "") -> Iterator[None]:
+    """Constructors and data readers check their inputs with ValueError (or OSError/RuntimeError for files on
+    disk, MisconfigurationException in Lightning) and a message naming the key: those are the user's to fix.
+    `hint` is appended where the message may not name the key (Lightning's own)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError, RuntimeError, MisconfigurationException) as error:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{message}{hint}") from error
+
+
+def callbacks(cfg: DictConfig, out: Path, task: str, validate: bool) -> list[pl.Callback]:
+    """Best-by-validation checkpoints, then the non-finite guard before `LastCheckpoint` (so a non-finite step is
+    stopped before last.ckpt could be rewritten), then the TensorBoard review."""
     ckpt_dir = out / "checkpoints"
     name = EpisodeMetrics.metric_name(task)
-    # enable_version_counter=False: last.ckpt is overwritten, never left behind for a last-v1.ckpt (GracefulStop
-    # writes last.ckpt too, and a resumed run finds the file already there).
     if validate:
         best = ModelCheckpoint(
             dirpath=ckpt_dir, filename="best-{step}", monitor=f"val/{name}", mode="max" if name == "acc" else "min",
-            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
         )  # fmt: skip
     else:
-        best = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="step-{step}", save_top_k=1, save_last=True, enable_version_counter=False
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=1, enable_version_counter=False)
+    node = cfg.get("checkpoint") or {"_target_": "lightning_meta.callbacks.LastCheckpoint"}
+    last = instantiate(node, path=ckpt_dir / "last.ckpt")
+    return [best, NonFiniteGuard(), last, EvaluationReview()]
+
+
+class Prepared(NamedTuple):
+    out: Path
+    datamodule: Any
+    learner: pl.LightningModule
+    trainer: pl.Trainer
+    logger: Any
+
+
+def check_run(cfg: DictConfig, datamodule, trainer: pl.Trainer) -> None:
+    """Settings that pass every constructor but cannot make a run."""
+    if trainer.max_steps is None or trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps={trainer.max_steps} trains nothing; give the number of "
+                          "meta-iterations (1 or more); eval.py evaluates a checkpoint without training")  # fmt: skip
+    world = trainer.world_size
+    if datamodule.meta_batch_size % world:
+        raise ConfigError(
+            f"data.meta_batch_size={datamodule.meta_batch_size} does not split evenly over {world} processes "
+            f"(trainer.devices x trainer.num_nodes); use a multiple of {world}"
         )
-    return [best, GracefulStop(ckpt_dir / "last.ckpt"), EvaluationReview()]
+    for key in ("queries", "train_queries"):
+        value = getattr(datamodule, key, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key}={value}: every episode needs query examples to score (the loss and "
+                              f"metric are over the queries); give data.{key}=1 or more")  # fmt: skip
+
+
+def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Prepared:
+    """Everything `train` needs, checked, with nothing written yet."""
+    out = resolve_output_dir(cfg)
+    ckpt = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if ckpt is not None:
+        requested = OmegaConf.to_container(cfg, resolve=True)
+        check_resume_config(requested, ckpt["hyper_parameters"]["config"], cfg.ckpt_path)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    with user_errors():
+        datamodule, learner = build(cfg)
+    if ckpt is not None:
+        check_state_fits(learner, ckpt, cfg.ckpt_path)
+    validate = getattr(datamodule, "val_episodes", 0) > 0
+    logger_node = cfg.get("logger")
+    logger = None
+    if logger_node is not None and logger_node.get("_target_") is not None:
+        logger = instantiate(logger_node, save_dir=str(out))
+    run_callbacks = [*callbacks(cfg, out, datamodule.task, validate), *extra_callbacks]
+    with user_errors(TRAINER_HINT):
+        trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=logger or False, default_root_dir=str(out))
+    check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
+    check_run(cfg, datamodule, trainer)
+    with user_errors():
+        datamodule.setup("fit")  # reads the data now: a missing or corrupt file is reported before any write
+    return Prepared(out, datamodule, learner, trainer, logger)
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics and
     writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own."""
-    out = resolve_output_dir(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, learner = build(cfg)
-    validate = getattr(datamodule, "val_episodes", 0) > 0
-    logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    run_callbacks = [*callbacks(out, datamodule.task, validate), *extra_callbacks]
-    trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=logger, default_root_dir=str(out))
-    check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
+    out, datamodule, learner, trainer, logger = prepare(cfg, extra_callbacks)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(learner.hparams["config"], out / "config.yaml")
     trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.interrupted or GracefulStop.stopped_on_request(trainer):
+    if trainer.interrupted or LastCheckpoint.stopped_on_request(trainer):
         return {}
-    best = trainer.checkpoint_callback.best_model_path if validate else ""
+    best = trainer.checkpoint_callback.best_model_path if datamodule.val_episodes > 0 else ""
     results = trainer.test(learner, datamodule=datamodule, ckpt_path=best or None, verbose=True)
     metrics = results[0] if results else {}
     if trainer.is_global_zero:
         (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    # The HParams tab compares runs by their config, flattened to algorithm/inner_lr, data/ways, ...
-    logger.log_hyperparams(learner.hparams["config"], metrics, step=trainer.global_step)
+    if isinstance(logger, TensorBoardLogger):
+        # The HParams tab compares runs by their config, flattened to algorithm/inner/lr, data/ways, ...
+        logger.log_hyperparams(learner.hparams["config"], metrics, step=trainer.global_step)
+    bad = int(metrics.get("test/nonfinite_episodes", 0))
+    if bad:
+        raise ConfigError(
+            f"{bad} of {int(metrics['test/episodes'])} test episodes gave a non-finite loss after adaptation "
+            f"(figures in {out / 'test_metrics.json'} are over the finite ones); the checkpoints are kept: "
+            "re-evaluate with eval.py and a lower algorithm.eval_inner.lr or fewer algorithm.eval_inner.steps"
+        )
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
-        train(cfg)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """`python train.py [--help] [--cfg] [-m] [group=name ...] [dotted.key=value ...]`; returns the exit status."""
+    return cli.main(argv, train)

@@ -1,7 +1,9 @@
-"""Shared fixtures: the real Omniglot archives from ../shared/data (never downloaded), and shrunk run configs."""
+"""Shared fixtures: the real Omniglot archives (never downloaded), shrunk run configs, and a snapshot of a folder's
+files for the tests that check a failed command left everything as it was."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -9,15 +11,25 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+# Where the real archives are looked for: the repository's own data/omniglot (what `python train.py` reads, e.g. on
+# a user's machine after a first download), then the shared copy next to the repository.
+LOCAL_OMNIGLOT = REPO / "data" / "omniglot"
 SHARED_OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 
 
+def _has_archives(folder: Path) -> bool:
+    return all((folder / name).exists() for name in ARCHIVES)
+
+
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
-    """A data root whose omniglot/ links the shared archives; the decoded cache is kept in the git-ignored data/."""
-    if not all((SHARED_OMNIGLOT / name).exists() for name in ARCHIVES):
-        pytest.skip(f"the real Omniglot archives are not at {SHARED_OMNIGLOT}")
+    """A data root holding omniglot/ with the real archives: data/ itself when data/omniglot has them, else a
+    git-ignored data/test_root whose omniglot/ links the shared archives (the decoded cache is written there)."""
+    if _has_archives(LOCAL_OMNIGLOT):
+        return LOCAL_OMNIGLOT.parent
+    if not _has_archives(SHARED_OMNIGLOT):
+        pytest.skip(f"the real Omniglot archives are neither in {LOCAL_OMNIGLOT} nor in {SHARED_OMNIGLOT}")
     root = REPO / "data" / "test_root"
     folder = root / "omniglot"
     folder.mkdir(parents=True, exist_ok=True)
@@ -26,6 +38,22 @@ def omniglot_root() -> Path:
         if not link.exists():
             os.symlink(SHARED_OMNIGLOT / name, link)
     return root
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }  # fmt: skip
+
+
+@pytest.fixture
+def snapshot():
+    """`snapshot(folder)`: {relative path: sha256} of every file under `folder` (empty when it does not exist), to
+    check that a failed command left every file as it was."""
+    return _snapshot
 
 
 # Overrides that shrink the default Omniglot run to seconds (a small Conv4, few steps and episodes).
@@ -39,7 +67,7 @@ SHRINK = [
     "data.test_episodes=4",
     "data.eval_batch_size=2",
     "data.meta_batch_size=2",
-    "algorithm.eval_inner_steps=2",
+    "algorithm.eval_inner.steps=2",
 ]
 
 

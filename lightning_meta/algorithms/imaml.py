@@ -1,8 +1,9 @@
-"""Implicit MAML (Rajeswaran, Finn, Kakade and Levine, 2019)."""
+"""Implicit MAML (Rajeswaran, Finn, Kakade and Levine, 2019), with its inner problem solved by gradient descent
+("iMAML, GD") or by Hessian-free Newton-CG steps ("iMAML, Hessian-Free")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -11,27 +12,60 @@ from torch.func import jvp
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, axpy, conjugate_gradient, detach, squared_distance
 from lightning_meta.algorithms.inner import InnerLoop
+from lightning_meta.algorithms.newton import newton_cg_step
 from lightning_meta.data.episode import Episode
+
+SOLVERS = ("gd", "hf")
 
 
 @dataclass(frozen=True)
 class ProximalLoop(InnerLoop):
-    """iMAML's inner loop: minimise L_support(phi) + lam/2 ||phi - theta||^2 from phi = theta.
+    """iMAML's inner loop: minimise G(phi) = L_support(phi) + lam/2 ||phi - theta||^2 from phi = theta, by
+    `steps` steps of `solver`.
+
+    solver="hf" is the paper's Hessian-free variant (Table 2, "iMAML, Hessian-Free": "5 CG steps to compute the
+    search direction and performs line-search to pick step size"). Each of the `steps` Newton steps takes the
+    direction d ~ (H + lam I)^-1 grad G(phi) from `hf_cg_steps` CG steps on Hessian-vector products of G, then
+    moves to phi - t d for the t in {0, *hf_step_sizes} with the lowest G (t = 0 keeps a step from ever raising
+    G). A step costs 1 gradient, `hf_cg_steps` Hessian-vector products and len(hf_step_sizes) forward passes, and
+    has no data-dependent control flow (it runs under vmap). The authors' released code has no HF solver
+    (aravindr93/imaml_dev, implicit_maml/learner_model.py: `assert inner_alg == 'gradient' # sqp unsupported in
+    this version`), so the number of Newton steps and the step-size grid are this project's choices.
 
     Args (beyond `InnerLoop`'s):
         lam: proximal strength lambda (paper: 2.0); larger keeps phi nearer theta; 0 at evaluation is plain
             fine-tuning (the authors' test script).
+        solver: "gd": `steps` steps of `optimizer` at `lr` ("iMAML, GD"); "hf": `steps` Newton-CG steps
+            (`lr` unused, `optimizer` must stay "sgd").
+        hf_cg_steps: conjugate-gradient steps per Newton step (paper: 5).
+        hf_step_sizes: the line search's candidate step sizes along the Newton direction (1 is the full step).
     """
 
     lam: float = 2.0
+    solver: str = "gd"
+    hf_cg_steps: int = 5
+    hf_step_sizes: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+
+    def __post_init__(self) -> None:
+        # A list (not a tuple) so that the saved hyperparameters equal the config's; config lists arrive as ListConfig.
+        object.__setattr__(self, "hf_step_sizes", [float(t) for t in self.hf_step_sizes])
 
     def check(self, where: str) -> ProximalLoop:
-        if not self.lam >= 0:
-            raise ValueError(f"algorithm.{where}.lam={self.lam}; use 0 or more (the paper uses 2.0)")
+        problems = {
+            "lam": (not self.lam >= 0, "0 or more (the paper uses 2.0)"),
+            "solver": (self.solver not in SOLVERS, " or ".join(SOLVERS)),
+            "hf_cg_steps": (self.hf_cg_steps < 1 or int(self.hf_cg_steps) != self.hf_cg_steps, "an integer >= 1"),
+            "hf_step_sizes": (not self.hf_step_sizes or min(self.hf_step_sizes) <= 0, "a list of step sizes > 0"),
+            "optimizer": (self.solver == "hf" and self.optimizer != "sgd", "sgd: solver=hf takes Newton steps"),
+        }
+        for name, (bad, hint) in problems.items():
+            if bad:
+                raise ValueError(f"algorithm.{where}.{name}={getattr(self, name)!r}; use {hint}")
         return super().check(where)
 
 
-# The paper's Omniglot 5-way 1-shot setting: 16 SGD steps at 0.1 with lambda 2, in training and evaluation.
+# The paper's Omniglot 5-way 1-shot setting ("iMAML, GD"): 16 SGD steps at 0.1 with lambda 2, in training and
+# evaluation. `solver=hf` turns it into the Hessian-free variant.
 IMAML_INNER = ProximalLoop(steps=16, lr=0.1, lam=2.0)
 
 
@@ -41,7 +75,7 @@ class IMAML(MetaLearner):
     is the solution v of (I + H / lam) v = grad_phi L_query(phi), found by `cg_steps` conjugate-gradient steps
     on Hessian-vector products (forward-over-reverse, `jvp` of `grad`). Only phi enters: the inner trajectory
     is never kept, so memory does not grow with `inner.steps`. The solve is exact at an exact minimiser; more
-    inner steps get closer to one.
+    inner steps, or the Hessian-free solver (`inner.solver=hf`, see `ProximalLoop`), get closer to one.
 
     Args (beyond `MetaLearner`'s):
         inner, eval_inner: `ProximalLoop`s (their `lam` is the proximal strength; training needs lam > 0).
@@ -74,6 +108,18 @@ class IMAML(MetaLearner):
         if cg_steps < 1 or cg_damping < 0:
             raise ValueError("algorithm.cg_steps must be at least 1 and algorithm.cg_damping 0 or more")
         self.cg_steps, self.cg_damping = cg_steps, cg_damping
+
+    def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: ProximalLoop, state=None):
+        """The base class's optimizer steps for solver="gd"; for "hf", `loop.steps` Newton-CG steps on the inner
+        objective, each on support batch `loop.batch(step, ...)` (the state passes through unchanged)."""
+        if loop.solver == "gd":
+            return super().inner_trajectory(params, support_x, support_y, loop, state)
+        fast = {k: v for k, v in params.items() if self.adapts(k)}
+        for step in range(loop.steps):
+            x, y = loop.batch(step, support_x, support_y)
+            objective = lambda f, x=x, y=y: self.inner_objective({**params, **f}, params, x, y, loop)
+            fast = newton_cg_step(objective, fast, loop.hf_cg_steps, loop.hf_step_sizes)
+        return {**params, **fast}, state
 
     def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: ProximalLoop) -> Tensor:
         """The support loss plus the proximal term lam/2 ||phi - theta||^2 that anchors phi to theta (the base

@@ -10,7 +10,7 @@ class Predictor:
     """Fast weights adapted to one task's support set; the meta-learner's own weights stay untouched.
 
     The fast weights are a private copy: training the learner further, or adapting it to another task, leaves
-    this predictor unchanged (even with `eval_inner_steps=0`, where they equal the meta-weights). Predictions
+    this predictor unchanged (even with `eval_inner.steps=0`, where they equal the meta-weights). Predictions
     follow the learner's `transductive` flag: transductive calls normalise a batch by its own statistics, so
     predict all queries of a task in one call; non-transductive calls predict each input with the support set.
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
-from lightning_meta.data.episode import ClassificationTasks, EpisodeBatches, TaskSource
+from lightning_meta.config import ConfigError
+from lightning_meta.data.episode import ClassificationTasks, EpisodeBatches, TaskSource, sample_episode
 
 
 class StreamSampler(Sampler[int]):
@@ -76,10 +80,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         super().__init__()
         for name, value in dict(ways=ways, shots=shots, meta_batch_size=meta_batch_size).items():
             if value < 1:
-                raise ValueError(f"data.{name}={value}; it must be at least 1")
+                raise ConfigError(f"data.{name}={value}; it must be at least 1")
         for name, value in dict(queries=queries, val_episodes=val_episodes, test_episodes=test_episodes).items():
             if value < 0:
-                raise ValueError(f"data.{name}={value}; it must be 0 or more")
+                raise ConfigError(f"data.{name}={value}; it must be 0 or more")
         self.ways, self.shots, self.queries = ways, shots, queries
         self.meta_batch_size = meta_batch_size
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
@@ -89,20 +93,40 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or meta_batch_size
         self.num_workers = num_workers
         self.sources: dict[str, TaskSource] = {}
+        self.cache_paths: list[Path] = []  # decoded caches this dataset reads, for the setup line
 
     def build_sources(self) -> dict[str, TaskSource]:
         """The task source of each split ("train", "val", "test")."""
         raise NotImplementedError
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. (C, H, W); the network's input layer is sized from it. This default reads
+        it from a training episode (subclasses that know it without reading the data say so)."""
+        self.setup()
+        return tuple(sample_episode(self.sources["train"], self.seed, "train", 0, 1, 0).support_x.shape[1:])
 
     def setup(self, stage: str | None = None) -> None:
         if self.sources:
             return
         self.sources = self.build_sources()
         for split, source in self.sources.items():
-            if isinstance(source, ClassificationTasks):
+            if hasattr(source, "check_shots"):
                 train = split == "train"
                 shots_queries = (self.train_shots, self.train_queries) if train else (self.shots, self.queries)
                 source.check_shots(*shots_queries, split)
+        rank_zero_info(self.describe())
+
+    def describe(self) -> str:
+        """One line: classes and examples per split, example shape, cache path(s)."""
+        splits = []
+        for split, source in self.sources.items():
+            if isinstance(source, ClassificationTasks):
+                splits.append(f"{split} {source.num_classes} classes / {source.num_examples} examples")
+            else:
+                splits.append(f"{split} {type(source).__name__}")
+        shape = "x".join(str(n) for n in self.input_shape())
+        cache = ", ".join(str(p) for p in self.cache_paths) or "none"
+        return f"{type(self).__name__}: {'; '.join(splits)}; examples {shape}; cache {cache}"
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -118,14 +142,14 @@ class EpisodicDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         if self.meta_batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"data.meta_batch_size={self.meta_batch_size} does not split evenly over {world} processes; "
                 f"use a multiple of {world} (trainer.devices x trainer.num_nodes)"
             )
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
         if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
-            raise ValueError("set trainer.max_steps (the number of meta-iterations); the task stream is sized by it")
+            raise ConfigError("set trainer.max_steps (the number of meta-iterations); the task stream is sized by it")
         stop = max(trainer.max_steps, start + 1)
         ids = range(rank, stop * self.meta_batch_size, world)  # item t: this rank's share of meta-batch t
         shots_queries = (self.train_shots, self.train_queries)
@@ -152,3 +176,28 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_batches("test", self.test_episodes))
+
+
+def fit_model_input(model: DictConfig, shape: tuple[int, ...]) -> None:
+    """Write the data's example shape into the model config's input arguments, so that the network's input layer
+    follows the data: `in_channels` and `image_size` of an image backbone, `in_features` of a vector one."""
+    target = model.get("_target_", "the model")
+    if "in_channels" in model or "image_size" in model:
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ConfigError(
+                f"{target} takes square images (C, S, S) but the data's examples have shape {tuple(shape)}; "
+                "choose another model= (e.g. model=mlp for vectors) or resize the data (data.image_size)"
+            )
+        updates = {"in_channels": shape[0], "image_size": shape[1]}
+    elif "in_features" in model:
+        if len(shape) != 1:
+            raise ConfigError(
+                f"{target} takes vectors (in_features) but the data's examples have shape {tuple(shape)}; "
+                "choose model=conv4 or model=conv4_rgb for images"
+            )
+        updates = {"in_features": shape[0]}
+    else:
+        return
+    for key, value in updates.items():
+        if key in model:
+            model[key] = int(value)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import random
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from lightning_meta.config import ConfigError
 
 
 class Episode(NamedTuple):
@@ -46,25 +48,6 @@ def sample_episode(source: TaskSource, seed: int, split: str, index: int, shots:
     return source.sample_task(generator, shots, queries)
 
 
-def cached(path: Path, build: Callable[[], dict]) -> dict:
-    """`build()` once, saved to `path` and loaded from there afterwards. A folder that cannot be written (a
-    read-only data mount) only costs decoding again on the next start."""
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    data = build()
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        torch.save(data, partial)
-        partial.replace(path)  # atomic: a concurrent reader never sees half a cache
-    except OSError as error:
-        warnings.warn(
-            f"could not write the decoded cache {path} ({error}); it will be decoded again on the next start. "
-            "Copy the data into a writable data.root to keep the cache",
-            stacklevel=2,
-        )
-    return data
-
-
 def stack_episodes(episodes: Sequence[Episode]) -> Episode:
     return Episode(*(torch.stack(field) for field in zip(*episodes, strict=True)))
 
@@ -77,6 +60,9 @@ class ClassificationTasks:
         class_examples: for each class, the ids of its examples in `images`.
         ways: N, classes per task.
         class_rotation: optional quarter turns per class (rotated copies count as new classes).
+        normalization: optional per-channel (mean, std), each (C,), of pixels scaled to [0, 1]; episodes then
+            hold (x / 255 - mean) / std instead of x / 255.
+        split: the split's name, for error messages.
     """
 
     def __init__(
@@ -85,25 +71,43 @@ class ClassificationTasks:
         class_examples: Sequence[Tensor],
         ways: int,
         class_rotation: Tensor | None = None,
+        normalization: tuple[Tensor, Tensor] | None = None,
+        split: str = "",
     ) -> None:
         if ways > len(class_examples):
-            raise ValueError(
-                f"data.ways={ways} but the split has only {len(class_examples)} classes; "
-                "lower data.ways or give the split more classes"
+            raise ConfigError(
+                f"data.ways={ways} but the {split + ' ' if split else ''}split has only {len(class_examples)} "
+                "classes; lower data.ways or give the split more classes"
             )
         self.images = images
         self.class_examples = list(class_examples)
         self.ways = ways
         self.class_rotation = class_rotation
+        self.normalization = None
+        if normalization is not None:
+            mean, std = (torch.as_tensor(t, dtype=torch.float32).view(-1, 1, 1) for t in normalization)
+            self.normalization = (mean, std)  # (C, 1, 1): broadcast over (..., C, H, W)
         self.min_examples = min(len(ids) for ids in self.class_examples)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_examples)
 
+    @property
+    def num_examples(self) -> int:
+        return sum(len(ids) for ids in self.class_examples)
+
+    def to_float(self, x: Tensor) -> Tensor:
+        """uint8 pixels -> float32 in [0, 1], normalised per channel when the source has statistics."""
+        x = x.float().div_(255.0)
+        if self.normalization is not None:
+            mean, std = self.normalization
+            x = x.sub_(mean).div_(std)
+        return x
+
     def check_shots(self, shots: int, queries: int, split: str) -> None:
         if shots + queries > self.min_examples:
-            raise ValueError(
+            raise ConfigError(
                 f"{split}: shots+queries={shots + queries} but a class of this split has only "
                 f"{self.min_examples} examples; lower data.shots/data.queries (or train_shots/train_queries)"
             )
@@ -128,7 +132,24 @@ class ClassificationTasks:
         # Shuffle within each set so no code can lean on class order (Reptile takes consecutive mini-batches).
         ps = torch.randperm(len(support_y), generator=generator)
         pq = torch.randperm(len(query_y), generator=generator)
-        return Episode(support_x[ps].float().div_(255.0), support_y[ps], query_x[pq].float().div_(255.0), query_y[pq])
+        return Episode(self.to_float(support_x[ps]), support_y[ps], self.to_float(query_x[pq]), query_y[pq])
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int):
+    """Seed Python's, NumPy's and torch's global generators inside the block and restore them after it: a taskset
+    that draws from them (learn2learn's do) then gives the same task for the same episode, and the run's own
+    random streams are left as they were."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class TaskSetTasks:
@@ -136,8 +157,9 @@ class TaskSetTasks:
     sorted order of the taskset's own (so raw class ids work too).
 
     Each class's first `shots` examples become the support set, the next `queries` the query set; each set is
-    then shuffled (as in `ClassificationTasks`, so Reptile's consecutive mini-batches mix classes). The taskset
-    draws from its own random state, so episodes are a pure function of the index only if the taskset is.
+    then shuffled (as in `ClassificationTasks`, so Reptile's consecutive mini-batches mix classes). The global
+    random generators are seeded from the episode's generator around `sample()`, so a taskset drawing from them
+    (or from nothing random) gives episodes that are a pure function of (seed, split, index).
     """
 
     def __init__(self, taskset) -> None:
@@ -145,9 +167,25 @@ class TaskSetTasks:
             raise TypeError(f"{type(taskset).__name__} has no .sample() -> (x, y); wrap it to provide one")
         self.taskset = taskset
 
+    def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One raw task, x as the taskset gives it and labels remapped to 0..N-1."""
+        with seeded_globals(int(torch.randint(2**62, (), generator=generator))):
+            x, y = self.taskset.sample()
+        x = torch.as_tensor(x)
+        return x, torch.unique(torch.as_tensor(y), return_inverse=True)[1]
+
+    def check_shots(self, shots: int, queries: int, split: str) -> None:
+        """Draw one task and check it has shots+queries examples of each class."""
+        _, y = self.draw(torch.Generator().manual_seed(0))
+        fewest = int(torch.bincount(y).min())
+        if shots + queries > fewest:
+            raise ConfigError(
+                f"{split}: shots+queries={shots + queries} but the taskset gave {fewest} examples for a class; "
+                "lower data.shots/data.queries (or train_shots/train_queries) or draw more samples per class"
+            )
+
     def sample_task(self, generator: torch.Generator, shots: int, queries: int) -> Episode:
-        x, y = self.taskset.sample()
-        y = torch.unique(torch.as_tensor(y), return_inverse=True)[1]
+        x, y = self.draw(generator)
         order = torch.argsort(y, stable=True)  # group by class, keep the taskset's order within a class
         x, y = x[order], y[order]
         counts = torch.bincount(y)

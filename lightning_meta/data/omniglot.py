@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from lightning_meta.config import ConfigError
+from lightning_meta.data.cache import cached
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.episode import ClassificationTasks, TaskSource, cached
+from lightning_meta.data.episode import ClassificationTasks, TaskSource
 
 ARCHIVES = ("images_background", "images_evaluation")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
@@ -31,7 +33,7 @@ def download_omniglot(folder: Path) -> None:
         try:
             urllib.request.urlretrieve(URL.format(name), partial)
         except OSError as error:
-            raise RuntimeError(
+            raise ConfigError(
                 f"could not download {URL.format(name)} ({error}); copy images_background.zip and "
                 f"images_evaluation.zip into {folder} by hand, or point data.root at a folder that has them"
             ) from error
@@ -51,7 +53,7 @@ def _archive_members(folder: Path, name: str):
                     if member.endswith(".png"):
                         yield member, zf.read(member)
         except zipfile.BadZipFile as error:
-            raise RuntimeError(f"{archive} is not a valid zip archive ({error}); delete it and run again") from error
+            raise ConfigError(f"{archive} is not a valid zip archive ({error}); delete it and run again") from error
     else:
         raise FileNotFoundError(f"neither {archive} nor {extracted}/ exists")
 
@@ -69,7 +71,7 @@ def decode_omniglot(folder: Path, image_size: int = 28) -> dict:
             images.append(255 - torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8))
             characters.append(int(match.group(3)) - 1)  # global character id from the file name
     if not images:
-        raise RuntimeError(f"no Omniglot drawings found under {folder}; the archives look empty or corrupt")
+        raise ConfigError(f"no Omniglot drawings found under {folder}; the archives look empty or corrupt")
     char = torch.tensor(characters)
     order = torch.argsort(char, stable=True)
     return {
@@ -86,14 +88,16 @@ def load_omniglot(folder: Path, image_size: int = 28, download: bool = True) -> 
     def build() -> dict:
         if not have:
             if not download:
-                raise FileNotFoundError(
+                raise ConfigError(
                     f"Omniglot archives not found in {folder}; put images_background.zip and images_evaluation.zip "
                     "there or allow the download"
                 )
             download_omniglot(folder)
         return decode_omniglot(folder, image_size)
 
-    return cached(folder / f"omniglot_{image_size}.pt", build)
+    sources = [p for n in ARCHIVES for p in ([folder / f"{n}.zip"] if (folder / f"{n}.zip").exists() else [])]
+    sources += [p for n in ARCHIVES if (folder / n).is_dir() for p in (folder / n).rglob("*.png")]
+    return cached(folder / f"omniglot_{image_size}.pt", build, sources)
 
 
 class OmniglotDataModule(EpisodicDataModule):
@@ -128,7 +132,7 @@ class OmniglotDataModule(EpisodicDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not 0 <= val_characters < train_characters < 1623:
-            raise ValueError(
+            raise ConfigError(
                 f"need 0 <= data.val_characters ({val_characters}) < data.train_characters ({train_characters}) "
                 "< 1623 Omniglot characters"
             )
@@ -138,6 +142,9 @@ class OmniglotDataModule(EpisodicDataModule):
         self.image_size, self.download = image_size, download
         self.train_characters, self.val_characters = train_characters, val_characters
         self.rotations, self.split_seed = rotations, split_seed
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, self.image_size, self.image_size)
 
     def prepare_data(self) -> None:
         load_omniglot(self.folder, self.image_size, self.download)
@@ -154,10 +161,13 @@ class OmniglotDataModule(EpisodicDataModule):
 
     def build_sources(self) -> dict[str, TaskSource]:
         data = load_omniglot(self.folder, self.image_size, self.download)
+        self.cache_paths = [self.folder / f"omniglot_{self.image_size}.pt"]
         character = data["character"]
         num_characters = int(character.max()) + 1
         if num_characters != 1623:
-            raise RuntimeError(f"{self.folder} holds {num_characters} characters, expected 1623; delete the cache")
+            raise ConfigError(
+                f"{self.folder} holds {num_characters} Omniglot characters, expected 1623; check the archives"
+            )
         by_char = torch.argsort(character, stable=True).view(num_characters, -1)  # (1623, 20) example ids
         sources: dict[str, TaskSource] = {}
         for split, chars in self.character_split(num_characters).items():
@@ -168,5 +178,5 @@ class OmniglotDataModule(EpisodicDataModule):
             if split == "train" and self.rotations:
                 examples = examples.repeat_interleave(4, dim=0)  # class 4c+k = character c turned k quarters
                 rotation = torch.arange(4).repeat(len(chars))
-            sources[split] = ClassificationTasks(data["images"], list(examples), self.ways, rotation)
+            sources[split] = ClassificationTasks(data["images"], list(examples), self.ways, rotation, split=split)
         return sources

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from lightning_meta.config import ConfigError
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import Episode, TaskSource
 
@@ -62,9 +63,12 @@ class SinusoidDataModule(EpisodicDataModule):
         **kwargs: Any,
     ) -> None:
         if ways != 1:
-            raise ValueError(f"data.ways={ways}: sine regression has no classes; leave data.ways at 1")
+            raise ConfigError(f"data.ways={ways}: sine regression has no classes; leave data.ways at 1")
         super().__init__(ways=1, shots=shots, queries=queries, meta_batch_size=meta_batch_size, **kwargs)
         self.tasks = SinusoidTasks(tuple(amplitude), tuple(phase), tuple(x_range))
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (1,)
 
     def build_sources(self) -> dict[str, TaskSource]:
         return {"train": self.tasks, "val": self.tasks, "test": self.tasks}

@@ -36,10 +36,12 @@ SINE = [
     "data.val_episodes=4",
     "data.test_episodes=6",
     "data.eval_batch_size=4",  # 6 test episodes: one full batch and one of 2
-    "algorithm.inner_optimizer=sgd",
-    "algorithm.inner_lr=0.02",
-    "algorithm.inner_batch_size=null",
-    "algorithm.eval_inner_steps=10",
+    "algorithm.inner.optimizer=sgd",
+    "algorithm.inner.lr=0.02",
+    "algorithm.inner.batch_size=null",
+    "algorithm.eval_inner.optimizer=sgd",
+    "algorithm.eval_inner.lr=0.02",
+    "algorithm.eval_inner.steps=10",
     "algorithm.eval_curve_steps=[1,5,10]",
 ]
 

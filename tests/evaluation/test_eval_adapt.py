@@ -29,7 +29,7 @@ def task(seed: int = 0):
 
 def learner(**kwargs) -> Reptile:
     torch.manual_seed(0)
-    return Reptile(Conv4(out_features=3, hidden=8, image_size=8), eval_inner_batch_size=None, **kwargs)
+    return Reptile(Conv4(out_features=3, hidden=8, image_size=8), eval_inner=dict(batch_size=None, **kwargs))
 
 
 def fine_tune_by_hand(backbone: torch.nn.Module, x, y, steps: int, lr: float, adam: bool) -> torch.nn.Module:
@@ -51,7 +51,7 @@ def fine_tune_by_hand(backbone: torch.nn.Module, x, y, steps: int, lr: float, ad
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_predictor_equals_a_hand_written_fine_tune_and_meta_weights_stay_bit_identical(optimizer):
-    meta = learner(inner_optimizer=optimizer, eval_inner_lr=0.05, eval_inner_steps=3)
+    meta = learner(optimizer=optimizer, lr=0.05, steps=3)
     before = {k: v.clone() for k, v in meta.state_dict().items()}
     support_x, support_y, query_x = task()
     predictor = meta.adapt(support_x, support_y)
@@ -66,7 +66,7 @@ def test_predictor_equals_a_hand_written_fine_tune_and_meta_weights_stay_bit_ide
 
 
 def test_predictor_keeps_its_own_copy_of_the_weights():
-    meta = learner(eval_inner_steps=0)  # fast weights = meta-weights: the predictor must still not alias them
+    meta = learner(steps=0)  # fast weights = meta-weights: the predictor must still not alias them
     support_x, support_y, query_x = task()
     predictor = meta.adapt(support_x, support_y)
     expected = predictor(query_x)
@@ -91,7 +91,7 @@ def test_learner_loaded_from_a_checkpoint_adapts_like_the_test_protocol(omniglot
         assert accuracy == meta.evaluate_task(meta.params(), episode)["query_metric"]
     for name, value in meta.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][name]), name
-    assert load_learner(omniglot_run.best, ["algorithm.eval_inner_steps=7"]).eval_inner_steps == 7
+    assert load_learner(omniglot_run.best, ["algorithm.eval_inner.steps=7"]).eval_inner.steps == 7
 
 
 def run_example(argv, capsys) -> tuple[int, str, str]:

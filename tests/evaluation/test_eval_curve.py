@@ -1,4 +1,4 @@
-"""The adaptation curve: the query metric after K inner steps equals evaluating with eval_inner_steps=K,
+"""The adaptation curve: the query metric after K inner steps equals evaluating with eval_inner.steps=K,
 for the base inner loop (SGD, Adam with mini-batches), an overridden inner loop, under vmap and the loop."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from lightning_meta.models import MLP, Conv4
 class Proximal(Reptile):
     """An iMAML-like override with the base signature: SGD on the support loss + 1/2 |phi - theta|^2."""
 
-    def inner_loop(self, params, support_x, support_y, evaluation=False):
-        steps = self.eval_inner_steps if evaluation else self.inner_steps
+    def inner_loop(self, params, support_x, support_y, loop=None):
+        steps = (self.inner if loop is None else loop).steps
         theta = params
         objective = lambda p: (
             self.loss(p, support_x, support_y)[0] + 0.5 * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
@@ -47,21 +47,22 @@ SETTINGS = {
         Reptile,
         lambda: MLP(1, (8, 8), 1),
         "regression",
-        dict(inner_optimizer="sgd", inner_lr=0.02),
+        dict(optimizer="sgd", lr=0.02),
     ),
     "conv-adam-minibatch": (
         Reptile,
         lambda: Conv4(out_features=3, hidden=4, image_size=8),
         "classification",
-        dict(inner_optimizer="adam", inner_lr=0.01, eval_inner_batch_size=4),
+        dict(optimizer="adam", lr=0.01, batch_size=4),
     ),
     "proximal-override": (Proximal, lambda: MLP(1, (8, 8), 1), "regression", {}),
 }
 
 
-def make(setting: str, backbone, **kwargs):
-    cls, _, task, extra = SETTINGS[setting]
-    return cls(backbone, task=task, inner_batch_size=None, **extra, **kwargs)
+def make(setting: str, backbone, steps: int, **kwargs):
+    """A learner of `setting` whose evaluation inner loop takes `steps` steps."""
+    cls, _, task, eval_inner = SETTINGS[setting]
+    return cls(backbone, task=task, inner=dict(batch_size=None), eval_inner={**eval_inner, "steps": steps}, **kwargs)
 
 
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
@@ -71,29 +72,29 @@ def test_curve_point_equals_evaluation_with_that_many_steps(setting, batching):
     backbone = SETTINGS[setting][1]()
     batch = sine_batch() if SETTINGS[setting][2] == "regression" else image_batch()
     steps = [0, 1, 3, 6]
-    learner = make(setting, backbone, eval_inner_steps=6, eval_curve_steps=steps, batching=batching)
+    learner = make(setting, backbone, 6, eval_curve_steps=steps, batching=batching)
     out = learner.map_tasks(learner.evaluate_task, learner.params(), batch)
     assert out["curve"].shape == (3, len(steps))
     for i, k in enumerate(steps):
-        plain = make(setting, backbone, eval_inner_steps=k, batching=batching)
+        plain = make(setting, backbone, k, batching=batching)
         expected = plain.map_tasks(plain.evaluate_task, plain.params(), batch)
         assert "curve" not in expected
         torch.testing.assert_close(out["curve"][:, i], expected["query_metric"], rtol=1e-6, atol=0)
-    assert learner.eval_inner_steps == 6  # restored after the curve
+    assert learner.eval_inner.steps == 6  # a value: the curve never changes it
     assert not torch.equal(out["curve"][:, 0], out["curve"][:, -1])  # adaptation changed the metric
 
 
 def test_curve_costs_nothing_when_off_and_one_inner_loop_per_extra_point():
-    learner = make("sine-sgd", MLP(1, (8, 8), 1), eval_inner_steps=10, batching="loop")
+    learner = make("sine-sgd", MLP(1, (8, 8), 1), 10, batching="loop")
     calls = []
     inner_loop = learner.inner_loop
-    learner.inner_loop = lambda *args: calls.append(learner.eval_inner_steps) or inner_loop(*args)
+    learner.inner_loop = lambda p, x, y, loop=None: calls.append(loop.steps) or inner_loop(p, x, y, loop)
     learner.map_tasks(learner.evaluate_task, learner.params(), sine_batch(2))
     assert calls == [10, 10]  # off: one inner loop per task, nothing else
     calls.clear()
     learner.eval_curve_steps = (1, 5, 10)
     learner.map_tasks(learner.evaluate_task, learner.params(), sine_batch(2))
-    assert calls == [10, 1, 5] * 2  # the final point (10 = eval_inner_steps) is reused, not recomputed
+    assert calls == [10, 1, 5] * 2  # the final point (10 = eval_inner.steps) is reused, not recomputed
 
 
 def test_negative_curve_steps_are_rejected():

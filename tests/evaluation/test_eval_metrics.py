@@ -41,5 +41,25 @@ def test_episode_metrics_without_curve_log_no_step_keys():
     metrics = EpisodeMetrics("classification")
     metrics.update(torch.tensor([0.5, 1.0]), torch.tensor([0.7, 0.1]))
     values = metrics.compute_and_reset("val")
-    assert sorted(values) == ["val/acc", "val/acc_ci95", "val/episodes", "val/loss"]
+    assert sorted(values) == ["val/acc", "val/acc_ci95", "val/episodes", "val/loss", "val/nonfinite_episodes"]
     assert values["val/loss"] == pytest.approx(0.4)
+
+
+def test_nonfinite_episodes_are_counted_and_left_out_of_the_figures():
+    """A diverged episode (NaN or inf loss) is counted, never silently dropped, and does not poison the mean; its
+    accuracy (finite even on NaN logits) is left out with it."""
+    metrics = EpisodeMetrics("classification", curve_steps=(1,))
+    nan, inf = float("nan"), float("inf")
+    metrics.update(torch.tensor([1.0, 0.2, 0.5]), torch.tensor([0.1, nan, 0.3]), torch.tensor([[1.0], [0.2], [nan]]))
+    metrics.update(torch.tensor([0.0]), torch.tensor([inf]), torch.tensor([[0.0]]))
+    values = metrics.compute_and_reset("test")
+    assert values["test/episodes"] == 4 and values["test/nonfinite_episodes"] == 2
+    assert values["test/acc"] == pytest.approx(0.75) and values["test/loss"] == pytest.approx(0.2)
+    assert values["test/acc_step1"] == pytest.approx(1.0)  # episode 3's curve point is NaN: left out too
+
+
+def test_all_episodes_nonfinite_gives_nan_figures_not_a_crash():
+    metrics = EpisodeMetrics("regression")
+    metrics.update(torch.tensor([float("nan")] * 2), torch.tensor([float("nan")] * 2))
+    values = metrics.compute_and_reset("test")
+    assert values["test/nonfinite_episodes"] == 2 and math.isnan(values["test/mse"])

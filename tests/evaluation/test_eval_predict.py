@@ -14,7 +14,7 @@ from lightning_meta.models import Conv4
 def learner(transductive: bool) -> Reptile:
     torch.manual_seed(0)
     backbone = Conv4(out_features=3, hidden=8, image_size=8)
-    return Reptile(backbone, inner_optimizer="sgd", inner_lr=0.1, eval_inner_steps=2, transductive=transductive)
+    return Reptile(backbone, eval_inner=dict(optimizer="sgd", lr=0.1, steps=2), transductive=transductive)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -30,7 +30,7 @@ def other_queries_changed(query_x: torch.Tensor) -> torch.Tensor:
 def test_non_transductive_prediction_of_a_query_ignores_the_other_queries():
     meta = learner(transductive=False)
     support_x, query_x = images(6, seed=1), images(9, seed=2)
-    fast = meta.inner_loop(meta.params(), support_x, torch.tensor([0, 1, 2] * 2), evaluation=True)
+    fast = meta.inner_loop(meta.params(), support_x, torch.tensor([0, 1, 2] * 2), meta.eval_inner)
     out = meta.predict(fast, support_x, query_x)
     changed = meta.predict(fast, support_x, other_queries_changed(query_x))
     torch.testing.assert_close(changed[0], out[0], rtol=1e-5, atol=1e-6)
@@ -47,7 +47,7 @@ def test_non_transductive_prediction_of_a_query_ignores_the_other_queries():
 def test_transductive_prediction_depends_on_the_other_queries_through_batch_norm():
     meta = learner(transductive=True)
     support_x, query_x = images(6, seed=1), images(9, seed=2)
-    fast = meta.inner_loop(meta.params(), support_x, torch.tensor([0, 1, 2] * 2), evaluation=True)
+    fast = meta.inner_loop(meta.params(), support_x, torch.tensor([0, 1, 2] * 2), meta.eval_inner)
     out = meta.predict(fast, support_x, query_x)
     changed = meta.predict(fast, support_x, other_queries_changed(query_x))
     assert (changed[0] - out[0]).abs().max() > 1e-3
@@ -67,7 +67,7 @@ def test_non_transductive_evaluation_scores_each_query_with_the_support_set_only
     )
     out = meta.map_tasks(meta.evaluate_task, meta.params(), batch)
     for t in range(2):
-        fast = meta.inner_loop(meta.params(), batch.support_x[t], batch.support_y[t], evaluation=True)
+        fast = meta.inner_loop(meta.params(), batch.support_x[t], batch.support_y[t], meta.eval_inner)
         logits = torch.stack([meta(torch.cat([batch.support_x[t], q[None]]), fast)[-1] for q in batch.query_x[t]])
         loss = F.cross_entropy(logits, batch.query_y[t])
         accuracy = (logits.argmax(-1) == batch.query_y[t]).float().mean()

@@ -11,6 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from lightning_meta.algorithms.inner import InnerLoop
 from lightning_meta.review import EvaluationReview, image_grid
 
 
@@ -74,7 +75,7 @@ def hparams(run) -> tuple[dict, list[str]]:
 def test_hparams_tab_compares_runs_by_flattened_config_and_test_metrics(omniglot_run):
     values, metric_tags = hparams(omniglot_run)
     assert values["data/ways"] == 5 and values["data/shots"] == 1 and values["model/hidden"] == 8
-    assert values["algorithm/eval_inner_steps"] == 2 and values["selection/algorithm"] == "reptile"
+    assert values["algorithm/eval_inner/steps"] == 2 and values["selection/algorithm"] == "reptile"
     assert values["algorithm/eval_curve_steps"] == "[0, 1]"  # lists as text; None as "None"
     assert not any(key.startswith("config/") for key in values)  # one entry per setting, not two
     assert set(metric_tags) == set(omniglot_run.metrics)
@@ -98,7 +99,7 @@ def test_image_grid_places_each_image_in_its_framed_cell():
 
 
 class _Learner:
-    task, eval_inner_steps, eval_curve_steps = "regression", 10, (1, 5)
+    task, eval_inner, eval_curve_steps = "regression", InnerLoop(steps=10), (1, 5)
 
 
 def test_curve_points_pair_each_step_with_its_metric_and_interval():

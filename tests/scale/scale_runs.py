@@ -79,7 +79,7 @@ def run_python(args: list[str], timeout: float = 240) -> subprocess.CompletedPro
 
 class StopAt(pl.Callback):
     """Sends SIGTERM to its own process (rank 0 only) during step `step`, as a scheduler preempting the job would;
-    GracefulStop then stops every rank after that step with `global_step == step`."""
+    LastCheckpoint then stops every rank after that step with `global_step == step`."""
 
     def __init__(self, step: int) -> None:
         self.step = step

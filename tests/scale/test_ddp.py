@@ -40,7 +40,9 @@ def _single(algorithm: str, shrink: list[str], out, *extra: str) -> dict:
 def _assert_params_close(a: dict, b: dict) -> tuple[float, float]:
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=RTOL, atol=1e-8, msg=lambda m, key=key: f"{key}: {m}")
-        assert float((a[key] - b[key]).norm()) <= NORM_RTOL * float(b[key].norm()), key
+        # Reptile's carried Adam moments of a conv bias before batch norm are squares of rounding noise (~1e-30):
+        # their relative difference means nothing, so tensors that small are held to the absolute bound alone.
+        assert float((a[key] - b[key]).norm()) <= NORM_RTOL * float(b[key].norm()) + 1e-20, key
     return max_diff(a, b)
 
 

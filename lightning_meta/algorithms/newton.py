@@ -1,0 +1,89 @@
+"""Hessian-free (Newton-CG) minimisation with no data-dependent control flow, so that it runs inside `vmap`.
+
+One step: a search direction from a fixed number of conjugate-gradient steps on Hessian-vector products
+(forward-over-reverse, `jvp` of `grad`), then a line search that scores a fixed set of step sizes and keeps the
+best with tensor ops. Step size 0 is always a candidate, so a step never raises the objective (a poor direction,
+or a NaN, leaves the point where it was).
+
+A network's loss is not convex: CG must stop where it meets negative curvature (the line search Newton-CG of
+Nocedal and Wright), or its iterates turn uphill. Measured on the tests' Conv4 (batch norm, float64) the Hessian of
+iMAML's inner objective at initialisation has eigenvalues from -24 to 139 even with lam = 2 added; on Omniglot
+5-way 1-shot with Conv4-64, 3 Newton steps of 5 plain CG steps left the objective at 0.93 (from 1.65), the
+truncated CG below at 0.26 (GD at the same budget: 0.17-0.26). So the CG here is `functional.conjugate_gradient`
+with that stop, written as a mask: no data-dependent control flow.
+
+References:
+    Martens. Deep learning via Hessian-free optimization. ICML 2010.
+    Nocedal, Wright. Numerical Optimization, 2nd ed., 2006, Section 7.1 (line search Newton-CG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import grad, grad_and_value, jvp
+
+from lightning_meta.algorithms.functional import Params, axpy, dot
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 0 where den == 0 (a solved system has zero residual and search direction)."""
+    return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def truncated_conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int) -> Params:
+    """Approximately solve A x = b by `steps` CG steps from x = 0, stopping at the first search direction p with
+    p^T A p <= 0 (the iterate so far is kept; every later step is masked to zero). If that happens at the first
+    step, the result is b itself (steepest descent, the line search picks its length). For positive definite A
+    this is `functional.conjugate_gradient` exactly; x^T b > 0 always, so -x is a descent direction.
+
+    References:
+        Nocedal, Wright. Numerical Optimization, 2nd ed., 2006, Algorithm 7.1.
+    """
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r, p = b, b  # residual b - A x and search direction, both b at x = 0
+    rr = dot(r, r)
+    positive = torch.ones_like(rr, dtype=torch.bool)  # no negative curvature met yet
+    for _ in range(steps):
+        ap = matvec(p)
+        pap = dot(p, ap)
+        positive = positive & (pap > 0)
+        alpha = torch.where(positive, _ratio(rr, pap), torch.zeros_like(rr))
+        x = axpy(alpha, p, x)
+        r = axpy(-alpha, ap, r)
+        rr_next = dot(r, r)
+        p = axpy(torch.where(positive, _ratio(rr_next, rr), torch.zeros_like(rr)), p, r)  # r + beta p
+        rr = rr_next
+    stuck = dot(x, x) == 0  # negative curvature along b itself (or b = 0, where b is the answer too)
+    return {k: torch.where(stuck, b[k], x[k]) for k in x}
+
+
+def newton_direction(objective: Callable[[Params], Tensor], point: Params, cg_steps: int) -> tuple[Params, Tensor]:
+    """(d, f(point)) with d ~ H^-1 grad f(point) from `cg_steps` truncated CG steps; -d is a descent direction.
+    Costs one gradient and `cg_steps` Hessian-vector products."""
+    gradient, value = grad_and_value(objective)(point)
+    hvp = lambda v: jvp(grad(objective), (point,), (v,))[1]  # H v at `point`, forward-over-reverse
+    return truncated_conjugate_gradient(hvp, gradient, cg_steps), value.detach()
+
+
+def line_search(objective: Callable[[Params], Tensor], point: Params, direction: Params, value: Tensor,
+                step_sizes: Sequence[float]) -> Params:  # fmt: skip
+    """point - t d for the t in {0, *step_sizes} with the lowest objective (`value` is f(point), the t = 0 score).
+    Every candidate is evaluated (one forward pass each); argmin and a gather pick one, per task under vmap."""
+    with torch.no_grad():
+        scores = torch.stack([value, *(objective(axpy(-t, direction, point)) for t in step_sizes)])
+    sizes = torch.tensor([0.0, *step_sizes], dtype=value.dtype, device=value.device)
+    best = sizes[torch.nan_to_num(scores, nan=torch.inf).argmin()]  # NaN (diverged) never wins
+    return axpy(-best, direction, point)
+
+
+def newton_cg_step(objective: Callable[[Params], Tensor], point: Params, cg_steps: int,
+                   step_sizes: Sequence[float]) -> Params:  # fmt: skip
+    """One Hessian-free step on `objective`: the Newton-CG direction, then the fixed-grid line search.
+
+    Cost: one gradient, `cg_steps` Hessian-vector products and `len(step_sizes)` forward passes.
+    """
+    direction, value = newton_direction(objective, point, cg_steps)
+    return line_search(objective, point, direction, value, step_sizes)

@@ -1,0 +1,130 @@
+"""`python demo.py ckpt_path=... [host=127.0.0.1] [port=8000] [dotted.key=value ...]`: the interactive few-shot
+demo, a local web page served by the standard library's `http.server`.
+
+Draw one example of each of 2 to `ways` new classes, draw a test character, press Classify: the server adapts the
+checkpoint's meta-weights to the drawn classes (`learner.adapt`) and shows the class probabilities. The page and
+any script talk to the same JSON API (`lightning_meta/demo/fewshot.py`, README "Interactive demo"). Overrides use
+eval.py's grammar and checks, e.g. `algorithm.eval_inner.steps=10`. With no ckpt_path, the checkpoint shipped
+beside this file is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from lightning_meta.config import ConfigError
+from lightning_meta.demo.fewshot import Demo, load_demo
+from lightning_meta.demo.render import DrawingError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "omniglot_5way.ckpt"
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = {"/": ("index.html", "text/html"), "/demo.js": ("demo.js", "text/javascript"),
+         "/demo.css": ("demo.css", "text/css")}  # fmt: skip
+DEMO_KEYS = ("ckpt_path", "host", "port")  # arguments of demo.py itself, not config keys
+MAX_BODY = 8 * 2**20  # bytes of one request
+
+
+class DemoHandler(BaseHTTPRequestHandler):
+    """Routes: the page's three files, `GET /api/info`, `POST /api/classify`; errors answer `{"error": ...}`."""
+
+    server: DemoServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?")[0]
+        if path == "/api/info":
+            self._send_json(self.server.demo.info())
+        elif path in PAGES:
+            name, kind = PAGES[path]
+            self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), f"{kind}; charset=utf-8")
+        else:
+            self._send_json({"error": f"no page {path}; open /"}, HTTPStatus.NOT_FOUND)
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?")[0] != "/api/classify":
+            self._send_json({"error": f"no endpoint {self.path}; POST to /api/classify"}, HTTPStatus.NOT_FOUND)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send_json({"error": f"request of {length} bytes; send at most {MAX_BODY}"}, HTTPStatus.BAD_REQUEST)
+            return
+        try:
+            request = json.loads(self.rfile.read(length) or b"null")
+            self._send_json(self.server.demo.classify(request))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            self._send_json({"error": f"the body is not JSON ({error})"}, HTTPStatus.BAD_REQUEST)
+        except DrawingError as error:
+            self._send_json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+
+    def _send_json(self, value: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class DemoServer(ThreadingHTTPServer):
+    """A threading HTTP server holding the `Demo` its handlers answer from."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], demo: Demo, verbose: bool = False) -> None:
+        super().__init__(address, DemoHandler)
+        self.demo, self.verbose = demo, verbose
+
+
+def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> DemoServer:
+    """The demo's server, bound but not yet serving (call `serve_forever`); port 0 picks a free port."""
+    return DemoServer((host, port), demo, verbose)
+
+
+def parse_demo_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """({ckpt_path, host, port}, overrides) from `[ckpt_path=...] [host=...] [port=...] [dotted.key=value ...]`."""
+    own, overrides = {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "127.0.0.1", "port": "8000"}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in DEMO_KEYS:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if not own["port"].isdigit() or int(own["port"]) > 65535:
+        raise ConfigError(f"port={own['port']} is not a port number; give e.g. port=8000 (0: any free port)")
+    if not Path(own["ckpt_path"]).is_file() and own["ckpt_path"] == str(DEFAULT_CHECKPOINT):
+        raise ConfigError(
+            f"no checkpoint given and none shipped at {DEFAULT_CHECKPOINT}; train one with "
+            "python train.py experiment=demo_omniglot output_dir=outputs/demo, then "
+            "python demo.py ckpt_path=outputs/demo/checkpoints/last.ckpt"
+        )
+    return own, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        own, overrides = parse_demo_argv(sys.argv[1:] if argv is None else argv)
+        demo = load_demo(own["ckpt_path"], overrides)
+        server = make_server(demo, own["host"], int(own["port"]), verbose=True)
+    except (ConfigError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"demo of {own['ckpt_path']} ({demo.ways}-way): open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

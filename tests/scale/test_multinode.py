@@ -1,0 +1,80 @@
+"""Two "nodes" of one process each, launched as on two machines (`torchrun --nnodes=2 --node_rank=0|1`, one
+rendezvous on 127.0.0.1), train to the weights, optimizer state and test figures of one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from scale_runs import REPO, load_ckpt, max_diff
+
+from lightning_meta.config import load_config
+from lightning_meta.run import train
+
+# float64 so that the two runs differ only by the order of the all-reduce sum; 4 tasks per meta-batch (2 per node),
+# 5 evaluation episodes (3 and 2 per node).
+RUN = [
+    "data=sinusoid", "model.hidden=[16,16]", "algorithm=maml", "trainer.max_steps=4", "trainer.val_check_interval=2",
+    "data.meta_batch_size=4", "data.val_episodes=5", "data.test_episodes=5", "data.eval_batch_size=5",
+    "trainer.precision=64-true", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "seed=3",
+]  # fmt: skip
+NODES = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config([*RUN, f"output_dir={one}"]))
+    port, env = _free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "train.py",
+                *RUN,
+                *NODES,
+                f"output_dir={two}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    for rank, (launcher, log) in enumerate(zip(launchers, logs, strict=True)):
+        assert launcher.returncode == 0, f"node {rank}:\n{log[-4000:]}"
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1], logs[1][-2000:]  # node 1 really joined as the second rank
+
+    ckpt_one, ckpt_two = load_ckpt(one / "checkpoints/last.ckpt"), load_ckpt(two / "checkpoints/last.ckpt")
+    assert ckpt_one["global_step"] == ckpt_two["global_step"] == 4
+    for key, value in ckpt_one["state_dict"].items():
+        torch.testing.assert_close(ckpt_two["state_dict"][key], value, rtol=1e-10, atol=1e-12)
+    state_one, state_two = ckpt_one["optimizer_states"][0]["state"], ckpt_two["optimizer_states"][0]["state"]
+    for p, slots in state_one.items():
+        for name, value in slots.items():
+            torch.testing.assert_close(torch.as_tensor(state_two[p][name]), torch.as_tensor(value), rtol=1e-9, atol=0)
+    print("2 nodes vs 1 process, max abs/rel diff:", max_diff(ckpt_two["state_dict"], ckpt_one["state_dict"]))
+    test_one = json.loads((one / "test_metrics.json").read_text())
+    test_two = json.loads((two / "test_metrics.json").read_text())
+    assert test_two == pytest.approx(test_one, rel=1e-9) and test_one["test/episodes"] == 5
