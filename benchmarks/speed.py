@@ -28,18 +28,30 @@ ones `python train.py` trains on first. Rows:
 (d) compute floor proxy: the same images through the same primitives as one shared-weight batch: per inner step
     one forward+backward of the meta-batch's support (mini-)batches stacked (T x images per step), plus one of all
     query images (not Reptile, whose queries only feed a log) and, for iMAML, one more support pass per CG step.
-    First-order passes only: no second-order terms, no per-task weights.
-higher / learn2learn: optional peer rows (FOMAML and MAML), run when the package imports, skipped otherwise.
+    First-order passes only: no second-order terms, no per-task weights. One huge batch is not always the fastest
+    way through a CPU's caches (at 15 queries per class the query batch is T x 75 images): `--floor-chunk C` runs
+    it C tasks at a time.
+higher / learn2learn: optional peer rows (FOMAML and MAML), each library's documented MAML loop
+    (`higher.innerloop_ctx`; `learn2learn.algorithms.MAML.clone/adapt`), run when the package imports, skipped
+    otherwise; neither is a dependency of lightning_meta (`pip install higher --no-deps` works with torch 2.13;
+    learn2learn 0.2.0 builds from its sdist with fresh Cython output, but its import needs torchvision, gym, scipy).
 
 (b), (c), (d) and the peers run in this process on meta-batches sampled before timing; each timed iteration includes
 the outer optimizer step. Time: median over `--repeats` iterations after `--warmup` ones. Memory: peak tensor memory
 allocated during one extra iteration (for (a): one extra training step), above what was live when it started, as
 recorded by `torch.profiler(profile_memory=True)` (tensors from torch's CPU allocator; not RSS, not allocator
-caches). Episode sampling: meta-batches drawn as the training loader draws them, episodes/s against what (a)
-consumes (meta-batch size / (a)'s time per iteration).
+caches; frees of tensors older than the window are not seen, so a reading can only overstate; torch says so once,
+"Memory block of unknown size was allocated before the profiling started"). Episode sampling: meta-batches drawn
+as the training loader draws them, episodes/s against what (a) consumes (meta-batch size / (a)'s time per step).
 
-Inner-loop settings come from the composed preset through `preset_settings`, which reads both the flat
-(`inner_lr`, ...) and the nested (`inner.lr`, ...) algorithm layouts.
+Inner-loop settings come from the composed preset through `preset_settings`, which reads them off the learner the
+config builds (a preset's YAML may list only what differs from the class defaults), in either layout: flat
+(`inner_lr`, `inner_steps`, ...) or nested (`inner.lr`, `inner.steps`, ...; iMAML's `inner.lam`).
+
+Ratios in the table: (b)/(a) and "fastest of (b)+peers/(a)" above 1 mean lightning_meta is faster; (a)/(c) and
+(a)/(d) above 1 mean it is slower than the minimal torch.func loop and the floor proxy.
+Final numbers: a quiet machine, the threads a user gets (torch's default), e.g.
+    python benchmarks/speed.py --json speed.json
 """
 
 from __future__ import annotations
@@ -145,7 +157,9 @@ def inner_settings(node) -> Inner:
         raise ValueError(f"no inner steps/lr in {node!r}")
     if not isinstance(lr, (int, float)):
         raise ValueError(f"inner.lr={lr!r}: the reference rows take one scalar inner step size")
-    return Inner(int(steps), float(lr), None if batch is None else int(batch), _optimizer_name(read("optimizer", "sgd")))
+    return Inner(
+        int(steps), float(lr), None if batch is None else int(batch), _optimizer_name(read("optimizer", "sgd"))
+    )
 
 
 def preset_settings(cfg) -> Setting:
@@ -376,7 +390,10 @@ def func_task_fn(s: Setting, model: nn.Module) -> Callable:
     def inner(theta: Params, xs: Tensor, ys: Tensor, state=None):
         if state is None:  # fresh: zero step count and second moments (SGD has none)
             adam = s.inner.optimizer == "adam"
-            state = (torch.zeros((), dtype=xs.dtype), {k: torch.zeros_like(w) for k, w in theta.items()} if adam else {})
+            state = (
+                torch.zeros((), dtype=xs.dtype),
+                {k: torch.zeros_like(w) for k, w in theta.items()} if adam else {},
+            )
         phi, (t, v) = theta, state
         for step in range(s.inner.steps):
             x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, ys.shape[0]))
@@ -428,7 +445,10 @@ def func_context(s: Setting, model: nn.Module) -> dict:
     ctx = {"task": task, "vmapped": vmap(task, in_dims=(None, 0, 0, 0, 0, None)), "state": None}
     if _stateful(s):
         first = next(model.parameters())
-        ctx["state"] = (torch.zeros((), dtype=first.dtype), {k: torch.zeros_like(p) for k, p in model.named_parameters()})
+        ctx["state"] = (
+            torch.zeros((), dtype=first.dtype),
+            {k: torch.zeros_like(p) for k, p in model.named_parameters()},
+        )
     return ctx
 
 
@@ -656,7 +676,9 @@ def time_train(preset: str, overrides: list[str], warmup: int, repeats: int, thr
             f"experiment={preset}", *overrides, "data.val_episodes=0", "trainer.limit_test_batches=0",
             f"trainer.max_steps={steps}", f"output_dir={Path(tmp) / 'run'}",
         ]  # fmt: skip
-        spec = dict(argv=argv, steps=steps, warmup=warmup, threads=threads, memory=memory, out=str(Path(tmp) / "t.json"))
+        spec = dict(
+            argv=argv, steps=steps, warmup=warmup, threads=threads, memory=memory, out=str(Path(tmp) / "t.json")
+        )
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         log = Path(tmp) / "log.txt"
         with open(log, "w") as fh:

@@ -14,8 +14,10 @@ from dataclasses import asdict
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
+from lightning_meta.algorithms import batching as paths
+from lightning_meta.algorithms.batching import PATHS
 from lightning_meta.algorithms.evaluation import Evaluation
 from lightning_meta.algorithms.functional import Params, loss_and_metric
 from lightning_meta.algorithms.inner import InnerLoop, Lr, declared_default, inner_loop_from
@@ -45,7 +47,8 @@ class MetaLearner(Evaluation, pl.LightningModule):
         lr_final: anneal `lr` linearly to this value over `trainer.max_steps` (None: constant).
         optimizer: outer optimizer, "adam" or "sgd".
         batching: "vmap" runs the meta-batch as one vmap over tasks, "loop" one task at a time (equal results;
-            "loop" uses far less memory).
+            "loop" uses far less memory), "auto" (default) picks per call from the per-task batch sizes, see
+            algorithms/batching.py.
         chunk_size: tasks per vmap chunk (None: all at once) to bound memory.
         transductive: predict the query set as one batch (batch-norm statistics from the queries, the papers'
             setting); False predicts each query together with the support set only (Reptile's definition).
@@ -63,7 +66,7 @@ class MetaLearner(Evaluation, pl.LightningModule):
         lr: float = 1e-3,
         lr_final: float | None = None,
         optimizer: str = "adam",
-        batching: str = "vmap",
+        batching: str = "auto",
         chunk_size: int | None = None,
         transductive: bool = True,
         grad_clip: float | None = None,
@@ -71,7 +74,7 @@ class MetaLearner(Evaluation, pl.LightningModule):
     ) -> None:
         super().__init__()
         choices = dict(task=(task, ("classification", "regression")), optimizer=(optimizer, ("adam", "sgd")),
-                       batching=(batching, ("vmap", "loop")))  # fmt: skip
+                       batching=(batching, PATHS))  # fmt: skip
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"algorithm.{name}={value!r}; choose one of {', '.join(allowed)}")
@@ -193,15 +196,12 @@ class MetaLearner(Evaluation, pl.LightningModule):
         raise NotImplementedError
 
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
-        """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0.
-
-        The vmap path takes the outer gradient *inside* the vmap (exact even with batch norm; differentiating
-        through a vmap of inner `grad` calls is not, see ARCHITECTURE.md traps).
-        """
-        if self.batching == "vmap":
-            return vmap(fn, in_dims=(None, 0), chunk_size=self.chunk_size)(params, batch)
-        outs = [fn(params, Episode(*(f[t] for f in batch))) for t in range(batch.support_x.shape[0])]
-        return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+        """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0, by the path
+        `batching` resolves to for this batch (`auto`: vmap for small per-task batches, the loop for large ones,
+        and the loop under mixed precision). Every path takes the outer gradient inside the per-task function
+        (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
+        low = getattr(self._trainer, "precision", "32-true") in ("16-mixed", "bf16-mixed")
+        return paths.map_tasks(fn, params, batch, paths.resolve(self.batching, batch, low), self.chunk_size)
 
     # ----------------------------------------------------------------- training
     def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:

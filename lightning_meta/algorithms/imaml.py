@@ -25,7 +25,8 @@ class ProximalLoop(InnerLoop):
 
     solver="hf" is the paper's Hessian-free variant (Table 2, "iMAML, Hessian-Free": "5 CG steps to compute the
     search direction and performs line-search to pick step size"). Each of the `steps` Newton steps takes the
-    direction d ~ (H + lam I)^-1 grad G(phi) from `hf_cg_steps` CG steps on Hessian-vector products of G, then
+    direction d ~ (H + lam I)^-1 grad G(phi) from `hf_cg_steps` CG steps on Hessian-vector products of G
+    (stopped at negative curvature: the loss is not convex, see algorithms/newton.py), then
     moves to phi - t d for the t in {0, *hf_step_sizes} with the lowest G (t = 0 keeps a step from ever raising
     G). A step costs 1 gradient, `hf_cg_steps` Hessian-vector products and len(hf_step_sizes) forward passes, and
     has no data-dependent control flow (it runs under vmap). The authors' released code has no HF solver
@@ -44,7 +45,7 @@ class ProximalLoop(InnerLoop):
     lam: float = 2.0
     solver: str = "gd"
     hf_cg_steps: int = 5
-    hf_step_sizes: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    hf_step_sizes: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])
 
     def __post_init__(self) -> None:
         # A list (not a tuple) so that the saved hyperparameters equal the config's; config lists arrive as ListConfig.
@@ -77,7 +78,9 @@ class IMAML(MetaLearner):
     is never kept, so memory does not grow with `inner.steps`. The solve is exact at an exact minimiser; more
     inner steps, or the Hessian-free solver (`inner.solver=hf`, see `ProximalLoop`), get closer to one.
 
-    Args (beyond `MetaLearner`'s):
+    Beyond `MetaLearner`'s arguments:
+
+    Args:
         inner, eval_inner: `ProximalLoop`s (their `lam` is the proximal strength; training needs lam > 0).
         cg_steps: conjugate-gradient steps per task (paper: 5).
         cg_damping: added to the diagonal of I + H / lam; guards against negative curvature (non-convex loss).

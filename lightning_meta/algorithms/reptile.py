@@ -38,6 +38,11 @@ class Reptile(MetaLearner):
     - "fresh": a new state for every task, in training and evaluation.
     The state is saved in checkpoints (buffers), so a resumed run continues it exactly.
 
+    Its defaults are the paper's Omniglot settings. Beyond `MetaLearner`'s arguments:
+
+    Args:
+        inner_state: "carried" (supervised-reptile), "batched" (vmappable approximation) or "fresh".
+
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
     """

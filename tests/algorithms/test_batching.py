@@ -21,6 +21,7 @@ ALGORITHMS = {
     "fomaml": (FOMAML, "conv", dict(inner=dict(steps=2))),
     "maml": (MAML, "conv", dict(inner=dict(steps=2))),
     "imaml": (IMAML, "conv", dict(inner=dict(steps=4), cg_steps=3)),
+    "imaml_hf": (IMAML, "conv", dict(inner=dict(solver="hf", steps=2, hf_cg_steps=3), cg_steps=3)),
     "anil": ("anil", "conv", dict(inner=dict(steps=2))),  # examples/anil.py, through the `anil` fixture
     "metasgd": (MetaSGD, "conv", dict(inner=dict(steps=2))),
 }

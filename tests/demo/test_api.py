@@ -53,7 +53,7 @@ def test_unseen_characters_drawn_as_canvas_strokes_are_recognised(demo_url, unse
     from_images = accuracy(client.call, demo_url, unseen, as_image)
     print(f"5-way 1-shot accuracy on {EPISODES * WAYS} unseen drawings: strokes {from_strokes:.3f}, "
           f"images {from_images:.3f}")  # fmt: skip
-    assert from_strokes >= 0.7  # chance is 0.2
+    assert from_strokes >= 0.8  # 0.912 for the shipped checkpoint; chance is 0.2
     assert from_strokes >= from_images - 0.1  # redrawing costs little against the decoded originals
 
 

@@ -1,0 +1,67 @@
+"""How a meta-batch runs: one `vmap` over the task dimension (optionally in chunks), one task at a time, or `auto`,
+which picks one of the two per call from the per-task batch sizes.
+
+Why `auto` decides by size (measured on the 2-core CPU, Omniglot 5-way 1-shot, Conv4-64, meta-batch 32; ratios
+from interleaved repeats in one process, `benchmarks/batching.py`): once the inner step has given every task its
+own weights, vmap runs each convolution as one grouped convolution over the tasks. With a few images per task
+(5 support + 5 query) that is ~1.5x faster than 32 small convolutions; with 15 queries per class (75 query images
+per task) the grouped convolution is ~2x *slower* than the per-task loop. The rule is deterministic (a pure
+function of the batch's shapes and device), so a resumed run takes the same path as the uninterrupted one and
+stays bit-identical without saving the choice. On accelerators vmap always wins (one launch instead of T).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.func import vmap
+from torch.utils._pytree import tree_map
+
+from lightning_meta.data.episode import Episode
+
+PATHS = ("vmap", "loop", "auto")
+
+# `auto` on CPU runs vmap while the largest per-task batch that passes through per-task weights (support or
+# query images of one task) is at most this many examples; the loop beyond it. The crossover lies between 10 and
+# 25 images at Conv4-64 / 28x28 (benchmarks/batching.py --set data.queries=...).
+AUTO_VMAP_MAX_EXAMPLES = 20
+
+
+def task_count(batch: Episode) -> int:
+    return batch.support_x.shape[0]
+
+
+def resolve(batching: str, batch: Episode, low_precision: bool = False) -> str:
+    """The path ("vmap" or "loop") that `batching` takes for this meta-batch. `auto` under mixed precision takes
+    the loop (vmap with batch norm fails under autocast, algorithms/scaling.py)."""
+    if batching != "auto":
+        return batching
+    if low_precision:
+        return "loop"
+    if batch.support_x.device.type != "cpu":
+        return "vmap"
+    largest = max(batch.support_x.shape[1], batch.query_x.shape[1])
+    return "vmap" if largest <= AUTO_VMAP_MAX_EXAMPLES else "loop"
+
+
+def map_tasks(fn: Callable, params, batch: Episode, path: str, chunk_size: int | None = None):
+    """`fn(params, task)` over the leading task dimension of `batch`, outputs stacked on dim 0.
+
+    "vmap" takes every per-task function, outer gradient included, inside the vmap (exact with batch norm, see
+    ARCHITECTURE.md traps); "loop" runs the tasks one at a time and writes each output into a preallocated
+    stack (no list of per-task outputs next to the stacked copy).
+    """
+    if path == "vmap":
+        return vmap(fn, in_dims=(None, 0), chunk_size=chunk_size)(params, batch)
+    count = task_count(batch)
+    first = fn(params, Episode(*(f[0] for f in batch)))
+    stacked = tree_map(lambda x: x.new_empty((count, *x.shape)), first)
+    _write(stacked, first, 0)
+    del first
+    for t in range(1, count):
+        _write(stacked, fn(params, Episode(*(f[t] for f in batch))), t)
+    return stacked
+
+
+def _write(stacked, out, t: int) -> None:
+    tree_map(lambda dst, src: dst[t].copy_(src), stacked, out)

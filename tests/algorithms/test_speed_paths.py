@@ -1,0 +1,75 @@
+"""`algorithm.batching=auto` (the default) and the loop path's preallocated stack: `auto` picks vmap for small
+per-task batches and the loop for large ones, deterministically from the batch's shapes, and every path gives the
+per-task results (float64, batch norm, outer gradient inside the per-task function)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_meta.algorithms import FOMAML, MAML, MetaLearner, Reptile
+from lightning_meta.algorithms.batching import AUTO_VMAP_MAX_EXAMPLES, map_tasks, resolve
+from lightning_meta.data.episode import Episode
+
+
+def _shaped(support: int, query: int, device: str = "cpu") -> Episode:
+    x = lambda n: torch.empty(2, n, 1, 8, 8, device=device)
+    y = lambda n: torch.empty(2, n, dtype=torch.long, device=device)
+    return Episode(x(support), y(support), x(query), y(query))
+
+
+def test_auto_is_the_default_and_resolves_by_per_task_batch_size():
+    import inspect
+
+    assert inspect.signature(MetaLearner.__init__).parameters["batching"].default == "auto"
+    small, large = _shaped(5, AUTO_VMAP_MAX_EXAMPLES), _shaped(5, AUTO_VMAP_MAX_EXAMPLES + 1)
+    assert resolve("auto", small) == "vmap" and resolve("auto", large) == "loop"
+    assert resolve("auto", _shaped(AUTO_VMAP_MAX_EXAMPLES + 1, 5)) == "loop"  # large support sets too
+    assert resolve("auto", small, low_precision=True) == "loop"  # vmap + batch norm fails under autocast
+    assert resolve("auto", _shaped(5, 75, device="meta")) == "vmap"  # accelerators: always vmap
+    for fixed in ("vmap", "loop"):
+        assert resolve(fixed, small) == resolve(fixed, large) == fixed
+
+
+def test_unknown_batching_is_refused(conv):
+    with pytest.raises(ValueError, match=r"algorithm\.batching='grouped'; choose one of vmap, loop, auto"):
+        FOMAML(conv, batching="grouped")
+
+
+def test_loop_stack_equals_torch_stack_bitwise(make_episode):
+    batch = make_episode(1, tasks=3)
+    fn = lambda p, e: ({"a": e.support_x.sum(0) * p["w"]}, {"m": e.query_y.double().mean(), "t": ()})
+    params = {"w": torch.tensor(2.0, dtype=torch.float64)}
+    out = map_tasks(fn, params, batch, "loop")
+    outs = [fn(params, Episode(*(f[t] for f in batch))) for t in range(3)]
+    assert torch.equal(out[0]["a"], torch.stack([o[0]["a"] for o in outs]))
+    assert torch.equal(out[1]["m"], torch.stack([o[1]["m"] for o in outs])) and out[1]["t"] == ()
+
+
+@pytest.mark.parametrize("queries", [1, AUTO_VMAP_MAX_EXAMPLES])  # auto -> vmap, auto -> loop (3-way: 3q images)
+@pytest.mark.parametrize("cls", [FOMAML, MAML, Reptile])
+def test_auto_equals_vmap_and_loop_in_float64_with_batch_norm(cls, queries, conv, make_episode):
+    kwargs = dict(inner=dict(steps=2, lr=0.1, optimizer="sgd"), inner_state="fresh") if cls is Reptile else {}
+    batch = make_episode(2, x_shape=(1, 8, 8), queries=queries, tasks=3)
+    expected = resolve("auto", batch)
+    assert expected == ("vmap" if 3 * queries <= AUTO_VMAP_MAX_EXAMPLES else "loop")
+    results = {}
+    for batching in ("auto", "vmap", "loop"):
+        learner = cls(conv, batching=batching, **kwargs)
+        results[batching] = learner.map_tasks(learner.meta_gradient, learner.params(), batch)
+    for other in ("vmap", "loop"):
+        for k, g in results["auto"][0].items():
+            torch.testing.assert_close(g, results[other][0][k], rtol=1e-7, atol=1e-12)
+    # auto is the path it resolves to, bit for bit (a resumed run takes the same path: nothing to save)
+    assert all(torch.equal(g, results[expected][0][k]) for k, g in results["auto"][0].items())
+
+
+def test_auto_takes_the_loop_under_mixed_precision(conv, make_episode):
+    learner = FOMAML(conv)
+    learner._trainer = SimpleNamespace(precision="bf16-mixed")
+    seen = []
+    learner.map_tasks(lambda p, e: seen.append(e.support_x.dim()) or {"x": e.query_y}, learner.params(),
+                      make_episode(0, x_shape=(1, 8, 8), tasks=2))  # fmt: skip
+    assert seen == [4, 4]  # called once per task with unbatched tensors: the loop
