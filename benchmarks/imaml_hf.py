@@ -72,9 +72,9 @@ def main() -> None:
     learner, batch = learner_and_batch(argv, args.tasks)
     preset_hf = learner.inner
     gd_preset = preset_hf.replace(solver="gd", steps=16)  # imaml_omniglot_5w1s's inner loop
+    size = sum(p.numel() for p in learner.backbone.parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.tasks} training tasks of {argv[0]}, "
-          f"Conv4-{learner.backbone.hidden if hasattr(learner.backbone, 'hidden') else 64} at initialisation, "
-          f"lam {preset_hf.lam}; G mean ± sd over the tasks")  # fmt: skip
+          f"Conv4 ({size} weights) at initialisation, lam {preset_hf.lam}; G mean ± sd over the tasks")  # fmt: skip
     print(f"{'G(theta)':<44}{reached(learner, batch, preset_hf.replace(steps=0))[0].mean():.4f}")
     for newton_steps in args.newton_steps:
         hf = preset_hf.replace(steps=newton_steps)
