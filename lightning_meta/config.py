@@ -69,6 +69,19 @@ def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return groups, overrides
 
 
+def split_own_keys(argv: Sequence[str], keys: Sequence[str], own: dict[str, str] | None = None):
+    """(`own`, updated with the `key=value` arguments whose key is one of `keys`; the other arguments): a script's
+    own arguments (eval.py's `ckpt_path`, demo.py's `port`) apart from the config overrides."""
+    own, overrides = dict(own or {}), []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    return own, overrides
+
+
 def _member(config_dir: Path, group: str, name: str) -> Path:
     path = config_dir / group / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or name.startswith(".") or not path.exists():

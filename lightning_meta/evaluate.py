@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_meta import cli
-from lightning_meta.config import ConfigError, instantiate, override_config
+from lightning_meta.config import ConfigError, instantiate, override_config, split_own_keys
 from lightning_meta.metrics import EpisodeMetrics
 from lightning_meta.resume import check_state_fits, read_checkpoint
 from lightning_meta.run import build, user_errors
@@ -178,13 +178,7 @@ def evaluate(
 def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str], bool]:
     """(ckpt_path, json_path, overrides, allow_nonfinite) from `ckpt_path=... [json_path=...]
     [allow_nonfinite=true] [dotted.key=value ...]`."""
-    own, overrides = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in EVAL_KEYS:
-            own[key] = value
-        else:
-            overrides.append(arg)
+    own, overrides = split_own_keys(argv, EVAL_KEYS)
     if not own.get("ckpt_path"):
         raise ConfigError("give the checkpoint to evaluate: eval.py ckpt_path=<run>/checkpoints/<name>.ckpt")
     allow = own.get("allow_nonfinite", "false").lower()

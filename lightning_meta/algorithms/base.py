@@ -8,6 +8,7 @@ clips it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -168,21 +169,24 @@ class MetaLearner(Evaluation, pl.LightningModule):
         """The inner optimizer's state a task starts from (None: fresh; Reptile may carry a trained one)."""
         return None
 
-    def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
-        """Adapt `params` to one task by `loop.steps` optimizer steps on `inner_objective`, from optimizer `state`
-        (None: fresh). Returns (phi, final state); phi holds every meta-parameter, the adapted ones moved. No graph
-        is kept unless the caller differentiates through it (MAML runs this under `torch.func.grad`).
-
-        Shapes:
-            support_x (N*K, *x), support_y (N*K,).
-        """
+    def inner_iterates(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
+        """The inner loop step by step: yields (fast, optimizer state) at the start and after each of `loop.steps`
+        optimizer steps on `inner_objective` from `state` (None: fresh); fast holds the adapted weights only.
+        Shapes: support_x (N*K, *x), support_y (N*K,)."""
         fast = {k: v for k, v in params.items() if self.adapts(k)}
         optimizer, lr = loop.make_optimizer(), self.inner_lr(params, loop)
         state = optimizer.init(fast) if state is None else state
         objective = lambda f, x, y: self.inner_objective({**params, **f}, params, x, y, loop)
+        yield fast, state
         for step in range(loop.steps):
             x, y = loop.batch(step, support_x, support_y)
             fast, state = optimizer.step(fast, self.scaled_grad(objective)(fast, x, y), state, lr)
+            yield fast, state
+
+    def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
+        """(phi, final optimizer state) of `inner_iterates`; phi holds every meta-parameter, the adapted ones moved.
+        No graph is kept unless the caller differentiates through it (MAML runs this under `torch.func.grad`)."""
+        fast, state = deque(self.inner_iterates(params, support_x, support_y, loop, state), maxlen=1)[0]
         return {**params, **fast}, state
 
     def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop | None = None):
@@ -191,15 +195,13 @@ class MetaLearner(Evaluation, pl.LightningModule):
         return self.inner_trajectory(params, support_x, support_y, loop, self.initial_state(loop))[0]
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
-        """For one task: the meta-gradient w.r.t. every entry of `params` and logging metrics (query_loss,
-        query_metric)."""
+        """For one task: (the meta-gradient w.r.t. every entry of `params`, {"query_loss", "query_metric"})."""
         raise NotImplementedError
 
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
-        """Apply a per-task function over the leading task dimension; outputs are stacked on dim 0, by the path
-        `batching` resolves to for this batch (`auto`: vmap for small per-task batches, the loop for large ones,
-        and the loop under mixed precision). Every path takes the outer gradient inside the per-task function
-        (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
+        """A per-task function over the leading task dimension, outputs stacked on dim 0, by the path `batching`
+        resolves to for this batch (`auto`: algorithms/batching.py). Every path takes the outer gradient inside the
+        per-task function (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
         low = getattr(self._trainer, "precision", "32-true") in ("16-mixed", "bf16-mixed")
         return paths.map_tasks(fn, params, batch, paths.resolve(self.batching, batch, low), self.chunk_size)
 
@@ -227,13 +229,11 @@ class MetaLearner(Evaluation, pl.LightningModule):
         named = self.meta_parameters().items()
         self.manual_backward(sum((p * meta_grad[n].detach().to(p.dtype)).sum() for n, p in named))
         opt.step()  # clips in `on_before_optimizer_step`
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this inside opt.step(): after manual_backward, so DDP has all-reduced the
-        # meta-gradient, and after the GradScaler unscaled it under 16-mixed (before, it is still scaled).
+        # Inside opt.step(): after DDP all-reduced the meta-gradient and the 16-mixed GradScaler unscaled it.
         if self.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 

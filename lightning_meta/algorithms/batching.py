@@ -1,13 +1,14 @@
 """How a meta-batch runs: one `vmap` over the task dimension (optionally in chunks), one task at a time, or `auto`,
 which picks one of the two per call from the per-task batch sizes.
 
-Why `auto` decides by size (measured on the 2-core CPU, Omniglot 5-way 1-shot, Conv4-64, meta-batch 32; ratios
-from interleaved repeats in one process, `benchmarks/batching.py`): once the inner step has given every task its
-own weights, vmap runs each convolution as one grouped convolution over the tasks. With a few images per task
-(5 support + 5 query) that is ~1.5x faster than 32 small convolutions; with 15 queries per class (75 query images
-per task) the grouped convolution is ~2x *slower* than the per-task loop. The rule is deterministic (a pure
-function of the batch's shapes and device), so a resumed run takes the same path as the uninterrupted one and
-stays bit-identical without saving the choice. On accelerators vmap always wins (one launch instead of T).
+Why `auto` decides by size (measured on the 2-core CPU, Omniglot 5-way 1-shot, Conv4-64, meta-batch 32, 2 threads;
+ratios from interleaved repeats in one process, `benchmarks/batching.py`): once the inner step has given every task
+its own weights, vmap runs each convolution as one grouped convolution over the tasks. With a few images per task
+(5 support + 5 query) that is ~2.9x faster than the per-task loop (FOMAML 81 vs 241 ms); with 15 queries per class
+(75 query images per task) the grouped convolution is ~2x *slower* than the loop (FOMAML 1135 vs 563 ms). The rule is
+deterministic (a pure function of the batch's shapes and device), so a resumed run takes the same path as the
+uninterrupted one and stays bit-identical without saving the choice. On accelerators `auto` takes vmap (one
+launch instead of T), and under mixed precision the loop.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from lightning_meta.data.episode import Episode
 PATHS = ("vmap", "loop", "auto")
 
 # `auto` on CPU runs vmap while the largest per-task batch that passes through per-task weights (support or
-# query images of one task) is at most this many examples; the loop beyond it. The crossover lies between 10 and
-# 25 images at Conv4-64 / 28x28 (benchmarks/batching.py --set data.queries=...).
+# query images of one task) is at most this many examples; the loop beyond it. At Conv4-64 / 28x28 vmap still wins
+# at 15 query images (FOMAML 1.24x, 1 thread) and the loop at 25 (FOMAML 1.28x; MAML is near even there, vmap 1.09x):
+# benchmarks/batching.py fomaml maml --set data.queries=3 (and =5).
 AUTO_VMAP_MAX_EXAMPLES = 20
 
 

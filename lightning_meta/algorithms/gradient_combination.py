@@ -81,22 +81,17 @@ class GradientCombination(Reptile):
 
     def _adapt(self, params: Params, episode: Episode, state):
         """(combined meta-gradient, query metrics, final inner state) of one task; the inner loop of
-        `inner_trajectory`, keeping the chosen steps."""
-        loop = self.inner
-        fast = {k: v for k, v in params.items() if self.adapts(k)}
-        optimizer, lr = loop.make_optimizer(), self.inner_lr(params, loop)
-        state = optimizer.init(fast) if state is None else state
-        objective = lambda f, x, y: self.inner_objective({**params, **f}, params, x, y, loop)
-        combined = {k: torch.zeros_like(v) for k, v in params.items()}
+        `inner_iterates`, keeping the chosen steps."""
         support_x, support_y = episode.support_x, episode.support_y
         if self.pool_queries:  # (N*(K+Q), *x): the queries last, so the first batches are the support's
             support_x, support_y = torch.cat([support_x, episode.query_x]), torch.cat([support_y, episode.query_y])
-        for step, weight in enumerate(self.weights):
-            x, y = loop.batch(step, support_x, support_y)
-            moved, state = optimizer.step(fast, self.scaled_grad(objective)(fast, x, y), state, lr)
+        iterates = self.inner_iterates(params, support_x, support_y, self.inner, state)
+        fast, state = next(iterates)
+        combined = {k: torch.zeros_like(v) for k, v in params.items()}
+        for weight, (moved, end) in zip(self.weights, iterates, strict=True):
             if weight:  # fixed by the config, not by the data
                 combined.update({k: combined[k] + weight * (fast[k] - moved[k]) for k in fast})
-            fast = moved
+            fast, state = moved, end
         # Logging only, as Reptile (with pool_queries the queries were trained on).
         metrics = self.query_metrics({**params, **fast}, episode, transductive=True)
         return combined, metrics, state

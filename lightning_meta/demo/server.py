@@ -17,7 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lightning_meta.config import ConfigError
+from lightning_meta.config import ConfigError, split_own_keys
 from lightning_meta.demo.fewshot import Demo, load_demo
 from lightning_meta.demo.render import DrawingError
 
@@ -93,13 +93,8 @@ def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: 
 
 def parse_demo_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """({ckpt_path, host, port}, overrides) from `[ckpt_path=...] [host=...] [port=...] [dotted.key=value ...]`."""
-    own, overrides = {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "127.0.0.1", "port": "8000"}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in DEMO_KEYS:
-            own[key] = value
-        else:
-            overrides.append(arg)
+    defaults = {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "127.0.0.1", "port": "8000"}
+    own, overrides = split_own_keys(argv, DEMO_KEYS, defaults)
     if not own["port"].isdigit() or int(own["port"]) > 65535:
         raise ConfigError(f"port={own['port']} is not a port number; give e.g. port=8000 (0: any free port)")
     if not Path(own["ckpt_path"]).is_file() and own["ckpt_path"] == str(DEFAULT_CHECKPOINT):
