@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._C._functorch import maybe_current_level
 from torch.func import grad
 from torch.utils._pytree import tree_map
 
@@ -31,21 +32,38 @@ MIXED_PRECISION = ("bf16-mixed", "16-mixed")
 
 
 def scaled_grad(fn: Callable, scale: float, has_aux: bool = False) -> Callable:
-    """`torch.func.grad(fn, has_aux=has_aux)`, computed as grad(scale * fn) / scale.
+    """`torch.func.grad(fn, has_aux=has_aux)` w.r.t. the first argument, computed as grad(scale * fn) / scale.
 
     As a function of its inputs the result is exactly the gradient (the scaling is a constant factor), so
     differentiating through it -- second-order MAML, Hessian-vector products -- stays exact; with a power of
-    two the division is lossless in fp32. `scale == 1` returns plain `grad`.
+    two the division is lossless in fp32. Outside any torch.func transform (the per-task loop) and with a dict
+    first argument it is computed by `torch.autograd.grad` instead, the same derivative with less per-call
+    overhead (measured: torch.func's wrapping costs 1.1-1.5x at Conv4 sizes); a graph is kept when the dict is
+    part of an enclosing autograd graph, so MAML differentiates through it there too.
     """
-    if scale == 1.0:
-        return grad(fn, has_aux=has_aux)
+    functional = (
+        grad(fn, has_aux=has_aux)
+        if scale == 1.0
+        else _unscaled(grad(_scaled(fn, scale, has_aux), has_aux=has_aux), scale, has_aux)
+    )
 
+    def gradient(*args: Any):
+        if maybe_current_level() is not None or not isinstance(args[0], dict):
+            return functional(*args)
+        return _autograd_grad(fn, scale, has_aux, args)
+
+    return gradient
+
+
+def _scaled(fn: Callable, scale: float, has_aux: bool) -> Callable:
     def scaled_fn(*args: Any):
         out = fn(*args)
         return (out[0] * scale, out[1]) if has_aux else out * scale
 
-    scaled = grad(scaled_fn, has_aux=has_aux)
+    return scaled_fn
 
+
+def _unscaled(scaled: Callable, scale: float, has_aux: bool) -> Callable:
     def unscaled(*args: Any):
         out = scaled(*args)
         grads, aux = out if has_aux else (out, None)
@@ -53,6 +71,20 @@ def scaled_grad(fn: Callable, scale: float, has_aux: bool = False) -> Callable:
         return (grads, aux) if has_aux else grads
 
     return unscaled
+
+
+def _autograd_grad(fn: Callable, scale: float, has_aux: bool, args: tuple):
+    first = args[0]
+    outer = any(v.requires_grad for v in first.values())  # inside an enclosing autograd graph: keep ours
+    leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in first.items()}
+    with torch.enable_grad():
+        out = fn(leaves, *args[1:])
+        loss, aux = out if has_aux else (out, None)
+        found = torch.autograd.grad(loss * scale, list(leaves.values()), create_graph=outer, allow_unused=True)
+    grads = {
+        k: torch.zeros_like(v) if g is None else g / scale for (k, v), g in zip(leaves.items(), found, strict=True)
+    }
+    return (grads, aux) if has_aux else grads
 
 
 def check_trainer(trainer: Any, learner: Any, requested_precision: Any = None) -> None:

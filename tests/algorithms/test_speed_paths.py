@@ -73,3 +73,27 @@ def test_auto_takes_the_loop_under_mixed_precision(conv, make_episode):
     learner.map_tasks(lambda p, e: seen.append(e.support_x.dim()) or {"x": e.query_y}, learner.params(),
                       make_episode(0, x_shape=(1, 8, 8), tasks=2))  # fmt: skip
     assert seen == [4, 4]  # called once per task with unbatched tensors: the loop
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**10])
+def test_autograd_outside_transforms_equals_torch_func_grad(mlp, episode, scale):
+    """Outside any transform `scaled_grad` takes `torch.autograd.grad`: the same gradient and aux as
+    `torch.func.grad`, and, inside an enclosing autograd graph, a differentiable one (second order)."""
+    from torch.func import grad
+
+    from lightning_meta.algorithms.scaling import scaled_grad
+
+    learner = MAML(mlp, inner={"lr": 0.3, "steps": 2})
+    loss = lambda p, x, y: (learner.loss(p, x, y)[0], {"n": torch.tensor(1.0)})
+    theta = learner.params()
+    got, aux = scaled_grad(loss, scale, has_aux=True)(theta, episode.support_x, episode.support_y)
+    want, _ = grad(loss, has_aux=True)(theta, episode.support_x, episode.support_y)
+    assert aux == {"n": torch.tensor(1.0)} and not any(g.requires_grad for g in got.values())
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=1e-15)
+    # MAML's meta-gradient one task at a time (autograd, second order) equals the one inside vmap (torch.func).
+    batch = Episode(*(f[None] for f in episode))
+    looped = MAML(mlp, inner={"lr": 0.3, "steps": 2}, batching="loop").map_tasks(learner.meta_gradient, theta, batch)
+    vmapped = MAML(mlp, inner={"lr": 0.3, "steps": 2}, batching="vmap").map_tasks(learner.meta_gradient, theta, batch)
+    for k in theta:
+        torch.testing.assert_close(looped[0][k], vmapped[0][k], rtol=1e-10, atol=1e-13)
