@@ -50,9 +50,20 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("algorithm, stop", STOPS)
 def test_stopped_and_resumed_run_equals_straight_run(algorithm, stop, shrink, tmp_path):
+    _check_resume(algorithm, stop, shrink, tmp_path)
+
+
+def test_exactly_carried_inner_state_resumes_bit_for_bit(shrink, tmp_path):
+    """Reptile's supervised-reptile form (state threaded through the tasks in order) lives in the checkpoint too."""
+    _check_resume("reptile", 4, shrink, tmp_path, "algorithm.inner_state=carried")
+    state = load_ckpt(tmp_path / "parted" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert float(state["carried.s0"]) == 6 * 2 * 5  # 6 meta-iterations of 2 tasks, 5 Adam steps each
+
+
+def _check_resume(algorithm: str, stop: int, shrink: list[str], tmp_path: Path, *extra: str) -> None:
     straight, parted = tmp_path / "straight", tmp_path / "parted"
-    train(load_config(overrides(algorithm, shrink, straight, *RUN)))
-    args = overrides(algorithm, shrink, parted, *RUN)
+    train(load_config(overrides(algorithm, shrink, straight, *RUN, *extra)))
+    args = overrides(algorithm, shrink, parted, *RUN, *extra)
     assert train(load_config(args), extra_callbacks=[StopAt(stop)]) == {}  # stopped: no meta-test
     stopped = load_ckpt(parted / "checkpoints" / "last.ckpt")
     assert stopped["global_step"] == stop and not (parted / "test_metrics.json").exists()
