@@ -33,7 +33,9 @@ class ProximalLoop(InnerLoop):
     (aravindr93/imaml_dev, implicit_maml/learner_model.py: `assert inner_alg == 'gradient' # sqp unsupported in
     this version`), so the number of Newton steps and the step-size grid are this project's choices.
 
-    Args (beyond `InnerLoop`'s):
+    Fields beyond `InnerLoop`'s:
+
+    Args:
         lam: proximal strength lambda (paper: 2.0); larger keeps phi nearer theta; 0 at evaluation is plain
             fine-tuning (the authors' test script).
         solver: "gd": `steps` steps of `optimizer` at `lr` ("iMAML, GD"); "hf": `steps` Newton-CG steps
