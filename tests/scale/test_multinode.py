@@ -75,7 +75,7 @@ def _two_nodes(out, logs_dir) -> list[str] | None:
 def test_two_nodes_of_one_process_match_one_process(tmp_path):
     one = tmp_path / "one"
     train(load_config([*RUN, f"output_dir={one}"]))
-    # A second try on a fresh port: the localhost rendezvous has hung once in ~10 runs here (cause not found).
+    # A second try on a fresh port: the localhost rendezvous hung once in the runs made here (cause not found).
     for attempt in range(2):
         two = tmp_path / f"two{attempt}"
         logs = _two_nodes(two, tmp_path)
