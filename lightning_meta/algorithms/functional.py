@@ -9,10 +9,6 @@ from torch import Tensor
 Params = dict[str, Tensor]
 
 
-def tree_map(fn, *trees: Params) -> Params:
-    return {k: fn(*(t[k] for t in trees)) for k in trees[0]}
-
-
 def subtract(a: Params, b: Params) -> Params:
     return {k: a[k] - b[k] for k in a}
 
@@ -24,10 +20,6 @@ def axpy(alpha: float, x: Params, y: Params) -> Params:
 
 def dot(a: Params, b: Params) -> Tensor:
     return sum((a[k] * b[k]).sum() for k in a)
-
-
-def sgd_step(params: Params, grads: Params, lr: float) -> Params:
-    return {k: params[k] - lr * grads[k] for k in params}
 
 
 def loss_and_metric(output: Tensor, target: Tensor, task: str) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch.func import grad
 
 from lightning_meta.algorithms import Reptile
-from lightning_meta.algorithms.functional import sgd_step
+from lightning_meta.algorithms.inner import SGD
 from lightning_meta.data.episode import Episode, sample_episode, stack_episodes
 from lightning_meta.data.sinusoid import SinusoidTasks
 from lightning_meta.models import MLP, Conv4
@@ -24,7 +24,7 @@ class Proximal(Reptile):
             self.loss(p, support_x, support_y)[0] + 0.5 * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
         )
         for _ in range(steps):
-            params = sgd_step(params, grad(objective)(params), 0.05)
+            params, _ = SGD().step(params, grad(objective)(params), (), 0.05)
         return params
 
 
