@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/speed.py [--algorithms reptile,fomaml,maml,imaml] [--repeats N] [--queries 1,15] [--quick]
        [--warmup N] [--threads N] [--root data] [--rows a,b,c,d,higher,learn2learn] [--floor-chunk N]
-       [--no-memory] [--json PATH]
+       [--device cpu|cuda] [--set KEY=VALUE] [--no-memory] [--json PATH]
 
 Each algorithm runs at its paper preset (`configs/experiment/<algorithm>_omniglot_5w1s.yaml`: Omniglot 5-way 1-shot,
 Conv4-64), on the same tasks in every row: meta-batches 0, 1, 2, ... of the preset's training stream (seed 0), the
@@ -52,6 +52,10 @@ Ratios in the table: (b)/(a) and "fastest of (b)+peers/(a)" above 1 mean lightni
 (a)/(d) above 1 mean it is slower than the minimal torch.func loop and the floor proxy.
 Final numbers: a quiet machine, the threads a user gets (torch's default), e.g.
     python benchmarks/speed.py --json speed.json
+On a GPU, `--device cuda` runs every row there ((a) with `trainer.accelerator=gpu`); each timed iteration ends
+with `torch.cuda.synchronize()`, and memory is the CUDA caching allocator's peak above the level at the start.
+`--set KEY=VALUE` adds a train.py override to every row's preset (e.g. `--set data.num_workers=4` for (a));
+`--rows ""` measures episode sampling alone.
 """
 
 from __future__ import annotations
@@ -201,11 +205,11 @@ def describe(s: Setting, cfg, batch_size: int) -> str:
     return f"{text}, {queries} q/class"
 
 
-def batch_indices(step: int, batch_size: int | None, n: int) -> Tensor | None:
+def batch_indices(step: int, batch_size: int | None, n: int, device=None) -> Tensor | None:
     """Inner mini-batch `step`: consecutive examples, wrapping around the (pre-shuffled) support set."""
     if batch_size is None or batch_size >= n:
         return None
-    return torch.arange(step * batch_size, (step + 1) * batch_size) % n
+    return torch.arange(step * batch_size, (step + 1) * batch_size, device=device) % n
 
 
 def _mini(x: Tensor, y: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -262,7 +266,7 @@ def plain_maml_grad(s: Setting, model: nn.Module, batch: Episode) -> Params:
         xs, ys, xq, yq = (f[t] for f in batch)
         fast, v = theta, [torch.zeros_like(p) for p in theta]
         for step in range(s.inner.steps):
-            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, len(ys)))
+            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, len(ys), ys.device))
             loss = F.cross_entropy(conv4_forward(model, fast, x), y)
             grads = torch.autograd.grad(loss, fast, create_graph=second_order)
             if s.inner.optimizer == "adam":
@@ -316,7 +320,7 @@ def plain_torch_optim_grad(s: Setting, model: nn.Module, batch: Episode, ctx: di
             if batched:  # a copy: load_state_dict keeps the tensors it is given, and Adam updates them in place
                 opt.load_state_dict(copy.deepcopy(start))
         for step in range(s.inner.steps):
-            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, len(ys)))
+            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, len(ys), ys.device))
             opt.zero_grad()
             loss = F.cross_entropy(fast_model(x), y)
             if s.algorithm == "imaml":
@@ -391,12 +395,12 @@ def func_task_fn(s: Setting, model: nn.Module) -> Callable:
         if state is None:  # fresh: zero step count and second moments (SGD has none)
             adam = s.inner.optimizer == "adam"
             state = (
-                torch.zeros((), dtype=xs.dtype),
+                torch.zeros((), dtype=xs.dtype, device=xs.device),
                 {k: torch.zeros_like(w) for k, w in theta.items()} if adam else {},
             )
         phi, (t, v) = theta, state
         for step in range(s.inner.steps):
-            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, ys.shape[0]))
+            x, y = _mini(xs, ys, batch_indices(step, s.inner.batch_size, ys.shape[0], ys.device))
             g = grad(objective)(phi, theta, x, y)
             if s.inner.optimizer == "adam":
                 t = t + 1
@@ -446,7 +450,7 @@ def func_context(s: Setting, model: nn.Module) -> dict:
     if _stateful(s):
         first = next(model.parameters())
         ctx["state"] = (
-            torch.zeros((), dtype=first.dtype),
+            torch.zeros((), dtype=first.dtype, device=first.device),
             {k: torch.zeros_like(p) for k, p in model.named_parameters()},
         )
     return ctx
@@ -488,7 +492,7 @@ def floor_step(s: Setting, model: nn.Module, chunk: int | None = None) -> Step:
     def step(batch: Episode) -> None:
         xs, ys = batch.support_x, batch.support_y
         for k in range(s.inner.steps):
-            idx = batch_indices(k, s.inner.batch_size, ys.shape[1])
+            idx = batch_indices(k, s.inner.batch_size, ys.shape[1], ys.device)
             fwd_bwd(*((xs, ys) if idx is None else (xs[:, idx], ys[:, idx])))
         if s.algorithm != "reptile":
             fwd_bwd(batch.query_x, batch.query_y)
@@ -517,7 +521,7 @@ def higher_step(s: Setting, model: nn.Module) -> Step:
             ctx = higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False, track_higher_grads=not first_order)
             with ctx as (fmodel, diffopt):
                 for k in range(s.inner.steps):
-                    x, y = _mini(xs, ys, batch_indices(k, s.inner.batch_size, len(ys)))
+                    x, y = _mini(xs, ys, batch_indices(k, s.inner.batch_size, len(ys), ys.device))
                     diffopt.step(F.cross_entropy(fmodel(x), y))
                 loss = F.cross_entropy(fmodel(xq), yq) / tasks
                 if first_order:
@@ -547,7 +551,7 @@ def learn2learn_step(s: Setting, model: nn.Module) -> Step:
             xs, ys, xq, yq = (f[t] for f in batch)
             learner = maml.clone()
             for k in range(s.inner.steps):
-                x, y = _mini(xs, ys, batch_indices(k, s.inner.batch_size, len(ys)))
+                x, y = _mini(xs, ys, batch_indices(k, s.inner.batch_size, len(ys), ys.device))
                 learner.adapt(F.cross_entropy(learner(x), y))
             (F.cross_entropy(learner(xq), yq) / tasks).backward()
         opt.step()
@@ -572,19 +576,37 @@ ROW_FACTORIES: dict[str, Callable[[Setting, nn.Module], Step]] = {
 
 
 # ----------------------------------------------------------------------------------------------- measurement
-class TensorPeak:
-    """Peak tensor memory allocated between `start()` and `stop()`, above the level at `start()`, in MB, from the
-    allocation events of `torch.profiler(profile_memory=True)` (each carries the running total)."""
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a clock read without this times the launch)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
-    def __init__(self) -> None:
+
+class TensorPeak:
+    """Peak tensor memory allocated between `start()` and `stop()`, above the level at `start()`, in MB. CPU: from
+    the allocation events of `torch.profiler(profile_memory=True)` (each carries the running total); CUDA: the
+    caching allocator's peak statistic (`torch.cuda.max_memory_allocated`)."""
+
+    def __init__(self, device: str = "cpu") -> None:
         self.mb: float | None = None
         self._prof = None
+        self.device = device
+        self._base = 0
 
     def start(self) -> None:
+        if self.device.startswith("cuda"):
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return
         self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
         self._prof.__enter__()
 
     def stop(self) -> float | None:
+        if self.device.startswith("cuda"):
+            sync(self.device)
+            self.mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+            return self.mb
         self._prof.__exit__(None, None, None)
         try:
             self.mb = allocation_peak_mb(self._prof)
@@ -620,16 +642,18 @@ def allocation_peak_mb(prof) -> float:
     return max(total for _, _, total in allocations) / 2**20 - base / 2**20
 
 
-def time_row(step: Step, batches: list[Episode], warmup: int, memory: bool) -> dict:
+def time_row(step: Step, batches: list[Episode], warmup: int, memory: bool, device: str = "cpu") -> dict:
     seconds = []
     for i, batch in enumerate(batches):
+        sync(device)
         start = time.perf_counter()
         step(batch)
+        sync(device)
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
     out = {"ms": statistics.median(seconds) * 1e3, "all_ms": [t * 1e3 for t in seconds]}
     if memory:
-        with TensorPeak() as peak:
+        with TensorPeak(device) as peak:
             step(batches[0])
         out["mb"] = peak.mb
     return out
@@ -644,17 +668,19 @@ def train_child(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     profile_step = spec["steps"] - 1 if spec["memory"] else -1
+    device = spec.get("device", "cpu")
 
     class StepClock(pl.Callback):
         def __init__(self) -> None:
             self.ends: list[float] = []
-            self.peak = TensorPeak()
+            self.peak = TensorPeak(device)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if batch_idx == profile_step:
                 self.peak.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync(device)
             if batch_idx == profile_step:
                 self.peak.stop()
             else:
@@ -668,7 +694,9 @@ def train_child(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps({"intervals": intervals, "mb": clock.peak.mb, "wall": wall}))
 
 
-def time_train(preset: str, overrides: list[str], warmup: int, repeats: int, threads: int, memory: bool) -> dict:
+def time_train(
+    preset: str, overrides: list[str], warmup: int, repeats: int, threads: int, memory: bool, device: str = "cpu"
+) -> dict:
     """(a): the train.py loop in a child process, `warmup + repeats + 1` timed steps plus one profiled step."""
     steps = warmup + repeats + 1 + (1 if memory else 0)
     with tempfile.TemporaryDirectory(prefix="speed_") as tmp:
@@ -676,9 +704,8 @@ def time_train(preset: str, overrides: list[str], warmup: int, repeats: int, thr
             f"experiment={preset}", *overrides, "data.val_episodes=0", "trainer.limit_test_batches=0",
             f"trainer.max_steps={steps}", f"output_dir={Path(tmp) / 'run'}",
         ]  # fmt: skip
-        spec = dict(
-            argv=argv, steps=steps, warmup=warmup, threads=threads, memory=memory, out=str(Path(tmp) / "t.json")
-        )
+        spec = dict(argv=argv, steps=steps, warmup=warmup, threads=threads, memory=memory, device=device)
+        spec["out"] = str(Path(tmp) / "t.json")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         log = Path(tmp) / "log.txt"
         with open(log, "w") as fh:
@@ -702,11 +729,12 @@ def preset_name(name: str) -> str:
 
 def measure(preset: str, queries: int, args, rows: list[str]) -> dict:
     """Every row of one (preset, queries) cell: {"rows": {row: {...}}, "sampling": {...}, "setting": ...}."""
-    overrides = [f"data.root={args.root}"]
+    overrides = [f"data.root={args.root}", f"trainer.accelerator={'gpu' if args.device.startswith('cuda') else 'cpu'}"]
     if queries != 1:
         overrides += [f"data.queries={queries}", f"data.train_queries={queries}"]
     if args.quick:
         overrides += QUICK
+    overrides += args.set
     cfg = load_config([f"experiment={preset}", *overrides])
     s = preset_settings(cfg)
     datamodule = instantiate(cfg.data)
@@ -725,18 +753,21 @@ def measure(preset: str, queries: int, args, rows: list[str]) -> dict:
         start = time.perf_counter()
         batches.append(stream[i])
         sample_s.append(time.perf_counter() - start)
+    batches = [Episode(*(f.to(args.device) for f in b)) for b in batches]
     sampling = {"ms_per_meta_batch": statistics.median(sample_s) * 1e3}
     sampling["episodes_per_s"] = size / (sampling["ms_per_meta_batch"] / 1e3)
     out = {"setting": asdict(s), "describe": describe(s, cfg, size), "rows": {}, "sampling": sampling}
 
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model).to(args.device)
     init = copy.deepcopy(model.state_dict())
     for row in rows:
         label = f"{preset} q={queries} {ROW_TITLES[row]}"
         try:
             if row == "a":
-                result = time_train(preset, overrides, args.warmup, args.repeats, args.threads, args.memory)
+                result = time_train(
+                    preset, overrides, args.warmup, args.repeats, args.threads, args.memory, args.device
+                )
             else:
                 if row in PEERS and not args.peers[row]:
                     continue
@@ -745,7 +776,7 @@ def measure(preset: str, queries: int, args, rows: list[str]) -> dict:
                     step = floor_step(s, model, args.floor_chunk) if row == "d" else ROW_FACTORIES[row](s, model)
                 except NotImplementedError:
                     continue  # the peer has no implementation of this algorithm
-                result = time_row(step, batches, args.warmup, args.memory)
+                result = time_row(step, batches, args.warmup, args.memory, args.device)
         except Exception as error:
             print(f"  {label}: failed: {error}", file=sys.stderr)
             out["rows"][row] = {"error": str(error)}
@@ -834,6 +865,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: torch's)")
     parser.add_argument("--root", default="data", help="data.root holding omniglot/ (archives or decoded cache)")
     parser.add_argument("--floor-chunk", type=int, default=None, help="tasks per (d) batch (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: every row, (a) with trainer.accelerator=gpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra train.py override for every row's preset (e.g. data.num_workers=4)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the profiled iteration")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--train-child", default=None, help=argparse.SUPPRESS)
@@ -860,7 +894,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     torch.set_num_threads(args.threads)
     args.peers = {p: p in args.rows and peer_available(p) for p in PEERS}
-    print(f"torch {torch.__version__}, {args.threads} threads, Python {platform.python_version()}, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__} on {where}, {args.threads} threads, Python {platform.python_version()}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; repeats {args.repeats}, "
           f"warm-up {args.warmup}{', quick sizes' if args.quick else ''}; peers: "
           f"{', '.join(p for p, ok in args.peers.items() if ok) or 'none'}")  # fmt: skip

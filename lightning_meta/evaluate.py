@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_meta import cli
+from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.config import ConfigError, instantiate, override_config, split_own_keys
 from lightning_meta.metrics import EpisodeMetrics
 from lightning_meta.resume import check_state_fits, read_checkpoint
@@ -144,6 +145,7 @@ def evaluate(
         {"summary", "metrics" (test/acc or test/mse, its _ci95, test/episodes, the curve points), "protocol",
         "checkpoint", "overrides", "config"}.
     """
+    keep_freed_memory()  # lightning_meta/allocator.py
     cfg, datamodule, learner = load(ckpt_path, overrides)
     if datamodule.test_episodes < 1:
         raise ConfigError(f"data.test_episodes={datamodule.test_episodes}: nothing to evaluate; give 1 or more")

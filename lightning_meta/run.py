@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import cli
 from lightning_meta.algorithms.scaling import check_trainer
+from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.callbacks import LastCheckpoint, NonFiniteGuard
 from lightning_meta.config import ConfigError, instantiate
 from lightning_meta.data import fit_model_input
@@ -161,6 +162,7 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics and
     writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own."""
+    keep_freed_memory()  # lightning_meta/allocator.py: no page faults on every large tensor (CPU)
     out, datamodule, learner, trainer, logger = prepare(cfg, extra_callbacks)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)

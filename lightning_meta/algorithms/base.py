@@ -203,7 +203,13 @@ class MetaLearner(Evaluation, pl.LightningModule):
         resolves to for this batch (`auto`: algorithms/batching.py). Every path takes the outer gradient inside the
         per-task function (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
         low = getattr(self._trainer, "precision", "32-true") in ("16-mixed", "bf16-mixed")
-        return paths.map_tasks(fn, params, batch, paths.resolve(self.batching, batch, low), self.chunk_size)
+        path = paths.resolve(self.batching, batch, low, self.vmap_examples(batch))
+        return paths.map_tasks(fn, params, batch, path, self.chunk_size)
+
+    def vmap_examples(self, batch: Episode) -> int:
+        """The per-task batch size by which `batching=auto` chooses vmap or the loop on CPU: the larger of the
+        support and query sets, each of which passes through per-task weights about equally often."""
+        return paths.per_task_examples(batch)
 
     # ----------------------------------------------------------------- training
     def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:

@@ -7,8 +7,11 @@ its own weights, vmap runs each convolution as one grouped convolution over the 
 (5 support + 5 query) that is ~2.9x faster than the per-task loop (FOMAML 81 vs 241 ms); with 15 queries per class
 (75 query images per task) the grouped convolution is ~2x *slower* than the loop (FOMAML 1135 vs 563 ms). The rule is
 deterministic (a pure function of the batch's shapes and device), so a resumed run takes the same path as the
-uninterrupted one and stays bit-identical without saving the choice. On accelerators `auto` takes vmap (one
-launch instead of T), and under mixed precision the loop.
+uninterrupted one and stays bit-identical without saving the choice. The size it decides by is the learner's
+`vmap_examples(batch)`: the larger of the support and query sets, except for iMAML, whose inner steps and
+conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms). On
+accelerators `auto` takes vmap (one launch instead of T; an H200 runs FOMAML's paper preset in 12 ms vmapped
+against 164 ms one task at a time, benchmarks/speed.py), and under mixed precision the loop.
 """
 
 from __future__ import annotations
@@ -33,17 +36,24 @@ def task_count(batch: Episode) -> int:
     return batch.support_x.shape[0]
 
 
-def resolve(batching: str, batch: Episode, low_precision: bool = False) -> str:
+def per_task_examples(batch: Episode) -> int:
+    """The largest per-task batch that passes through per-task weights: the support or the query set of a task."""
+    return max(batch.support_x.shape[1], batch.query_x.shape[1])
+
+
+def resolve(batching: str, batch: Episode, low_precision: bool = False, examples: int | None = None) -> str:
     """The path ("vmap" or "loop") that `batching` takes for this meta-batch. `auto` under mixed precision takes
-    the loop (vmap with batch norm fails under autocast, algorithms/scaling.py)."""
+    the loop (vmap with batch norm fails under autocast, algorithms/scaling.py). `examples`: the per-task batch
+    size that decides on CPU (default `per_task_examples(batch)`; a learner whose passes are nearly all on the
+    support set, iMAML, passes the support size: `MetaLearner.vmap_examples`)."""
     if batching != "auto":
         return batching
     if low_precision:
         return "loop"
     if batch.support_x.device.type != "cpu":
         return "vmap"
-    largest = max(batch.support_x.shape[1], batch.query_x.shape[1])
-    return "vmap" if largest <= AUTO_VMAP_MAX_EXAMPLES else "loop"
+    examples = per_task_examples(batch) if examples is None else examples
+    return "vmap" if examples <= AUTO_VMAP_MAX_EXAMPLES else "loop"
 
 
 def map_tasks(fn: Callable, params, batch: Episode, path: str, chunk_size: int | None = None):

@@ -126,6 +126,12 @@ class IMAML(MetaLearner):
             fast = newton_cg_step(objective, fast, loop.hf_cg_steps, loop.hf_step_sizes)
         return {**params, **fast}, state
 
+    def vmap_examples(self, batch: Episode) -> int:
+        """The support set's size: `inner.steps` steps and `cg_steps` Hessian-vector products pass through it, the
+        query set once, so `batching=auto` chooses by it (15 queries per class, CPU: vmap 2676 ms, loop 5314 ms
+        per meta-iteration at the paper preset)."""
+        return batch.support_x.shape[1]
+
     def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: ProximalLoop) -> Tensor:
         """The support loss plus the proximal term lam/2 ||phi - theta||^2 that anchors phi to theta (the base
         inner loop minimises it from phi = theta)."""

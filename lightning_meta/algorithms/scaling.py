@@ -80,9 +80,11 @@ def _autograd_grad(fn: Callable, scale: float, has_aux: bool, args: tuple):
     with torch.enable_grad():
         out = fn(leaves, *args[1:])
         loss, aux = out if has_aux else (out, None)
-        found = torch.autograd.grad(loss * scale, list(leaves.values()), create_graph=outer, allow_unused=True)
+        scaled = loss if scale == 1.0 else loss * scale  # no identity ops: each is a node MAML's backward walks
+        found = torch.autograd.grad(scaled, list(leaves.values()), create_graph=outer, allow_unused=True)
+    unscale = (lambda g: g) if scale == 1.0 else (lambda g: g / scale)
     grads = {
-        k: torch.zeros_like(v) if g is None else g / scale for (k, v), g in zip(leaves.items(), found, strict=True)
+        k: torch.zeros_like(v) if g is None else unscale(g) for (k, v), g in zip(leaves.items(), found, strict=True)
     }
     return (grads, aux) if has_aux else grads
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import random
 from collections.abc import Sequence
@@ -113,26 +114,63 @@ class ClassificationTasks:
             )
 
     def sample_task(self, generator: torch.Generator, shots: int, queries: int) -> Episode:
-        classes = torch.randperm(self.num_classes, generator=generator)[: self.ways]
-        labels = torch.randperm(self.ways, generator=generator)
-        blocks = []
-        for c in classes.tolist():
-            ids = self.class_examples[c]
-            picked = ids[torch.randperm(len(ids), generator=generator)[: shots + queries]]
-            block = self.images[picked]
-            if self.class_rotation is not None and int(self.class_rotation[c]) % 4:
-                block = torch.rot90(block, int(self.class_rotation[c]), dims=(-2, -1))
-            blocks.append(block)
-        x = torch.stack(blocks)  # (N, K+Q, *x) uint8
-        if x.dim() == 4:
-            x = x.unsqueeze(2)  # add the channel dimension of grey images
-        y = labels[:, None].expand(-1, shots + queries)
-        support_x, query_x = x[:, :shots].flatten(0, 1), x[:, shots:].flatten(0, 1)
-        support_y, query_y = y[:, :shots].flatten(), y[:, shots:].flatten()
-        # Shuffle within each set so no code can lean on class order (Reptile takes consecutive mini-batches).
-        ps = torch.randperm(len(support_y), generator=generator)
-        pq = torch.randperm(len(query_y), generator=generator)
-        return Episode(self.to_float(support_x[ps]), support_y[ps], self.to_float(query_x[pq]), query_y[pq])
+        """One N-way task: N classes, then `shots + queries` examples of each, then a shuffle of each set.
+
+        The random draws are a fixed sequence of `randperm`s of `generator` (classes, labels, each class's
+        examples, the support order, the query order); the index arithmetic runs in NumPy and the images move
+        in one gather, so a task costs a few tensor operations whatever N is (the training loader draws tens of
+        thousands of tasks per run)."""
+        m, ways = shots + queries, self.ways
+        classes = torch.randperm(self.num_classes, generator=generator)[:ways].tolist()
+        labels = torch.randperm(ways, generator=generator).numpy()
+        picked = np.stack(
+            [self._ids[c][torch.randperm(len(self._ids[c]), generator=generator).numpy()[:m]] for c in classes]
+        )  # (N, K+Q) example ids
+        ps = torch.randperm(ways * shots, generator=generator).numpy()
+        pq = torch.randperm(ways * queries, generator=generator).numpy()
+        # Rows of the task in output order: the shuffled support set, then the shuffled query set.
+        rows = np.concatenate([_class_major(ways, m, 0, shots)[ps], _class_major(ways, m, shots, m)[pq]])
+        ids = torch.from_numpy(picked.reshape(-1)[rows])
+        if self.class_rotation is None:
+            x = self.images[ids]  # (R, *x) uint8: one gather
+        else:  # rotated copies of classes
+            x = self._rotated(ids, np.repeat(self._turns[classes], m)[rows])
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # add the channel dimension of grey images
+        x = self.to_float(x)
+        y = torch.from_numpy(np.concatenate([np.repeat(labels, shots)[ps], np.repeat(labels, queries)[pq]]))
+        split = ways * shots
+        return Episode(x[:split], y[:split], x[split:], y[split:])
+
+    @functools.cached_property
+    def _ids(self) -> list[np.ndarray]:
+        return [ids.numpy() for ids in self.class_examples]
+
+    @functools.cached_property
+    def _turns(self) -> np.ndarray:
+        return (self.class_rotation % 4).numpy()
+
+    def _rotated(self, ids: Tensor, turns: np.ndarray) -> Tensor:
+        """`images[ids]`, row i turned `turns[i]` quarter turns (`torch.rot90` over the last two dims): square
+        images in one gather from their four turned copies, others one `rot90` per distinct turn."""
+        if self.images.shape[-1] == self.images.shape[-2]:
+            return self._turned_images[torch.from_numpy(turns), ids]
+        x = self.images[ids]
+        for k in set(turns.tolist()) - {0}:
+            rows = torch.from_numpy(np.flatnonzero(turns == k))
+            x[rows] = torch.rot90(x[rows], k, dims=(-2, -1))
+        return x
+
+    @functools.cached_property
+    def _turned_images(self) -> Tensor:
+        """(4, M, *x): the images turned 0-3 quarter turns (`torch.rot90` over the last two dims), built on first
+        use: a task's rotated classes then cost no more than its others (Omniglot's training split: 4 x 25 MB)."""
+        return torch.stack([torch.rot90(self.images, k, dims=(-2, -1)) for k in range(4)])
+
+
+def _class_major(ways: int, per_class: int, start: int, stop: int) -> np.ndarray:
+    """Flat positions (class i, example j) = i * per_class + j for j in [start, stop), class-major."""
+    return (np.arange(ways)[:, None] * per_class + np.arange(start, stop)).reshape(-1)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
-from lightning_meta.algorithms import FOMAML, MAML, MetaLearner, Reptile
+from lightning_meta.algorithms import FOMAML, IMAML, MAML, MetaLearner, Reptile
 from lightning_meta.algorithms.batching import AUTO_VMAP_MAX_EXAMPLES, map_tasks, resolve
 from lightning_meta.data.episode import Episode
 
@@ -75,6 +76,17 @@ def test_auto_takes_the_loop_under_mixed_precision(conv, make_episode):
     assert seen == [4, 4]  # called once per task with unbatched tensors: the loop
 
 
+@pytest.mark.parametrize("cls, support, queries, path", [
+    (FOMAML, 5, AUTO_VMAP_MAX_EXAMPLES + 1, "loop"),  # support and query pass about equally often: the larger
+    (IMAML, 5, AUTO_VMAP_MAX_EXAMPLES + 1, "vmap"),  # iMAML: inner steps and CG on the support set, query once
+    (IMAML, AUTO_VMAP_MAX_EXAMPLES + 1, 5, "loop"),
+])  # fmt: skip
+def test_auto_decides_by_the_learners_vmap_examples(cls, support, queries, path, conv):
+    learner, batch, seen = cls(conv), _shaped(support, queries), []
+    learner.map_tasks(lambda p, e: seen.append(e.support_x.dim()) or {"x": e.query_y}, learner.params(), batch)
+    assert len(seen) == (1 if path == "vmap" else 2)  # vmap traces the function once; the loop calls it per task
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0**10])
 def test_autograd_outside_transforms_equals_torch_func_grad(mlp, episode, scale):
     """Outside any transform `scaled_grad` takes `torch.autograd.grad`: the same gradient and aux as
@@ -97,3 +109,28 @@ def test_autograd_outside_transforms_equals_torch_func_grad(mlp, episode, scale)
     vmapped = MAML(mlp, inner={"lr": 0.3, "steps": 2}, batching="vmap").map_tasks(learner.meta_gradient, theta, batch)
     for k in theta:
         torch.testing.assert_close(looped[0][k], vmapped[0][k], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_foreach_inner_step_equals_the_per_tensor_step_bitwise(optimizer, monkeypatch):
+    """Outside transforms, with nothing to differentiate, the inner optimizers take the `torch._foreach_*` path:
+    the same numbers bit for bit as the per-tensor form (which MAML's graph and vmap take)."""
+    from lightning_meta.algorithms.inner import OPTIMIZERS
+
+    gen = torch.Generator().manual_seed(0)
+    fast = {k: torch.randn(s, generator=gen) for k, s in [("w", (8, 4, 3, 3)), ("b", (8,)), ("s", ())]}
+    grads = {k: torch.randn(v.shape, generator=gen) for k, v in fast.items()}
+    opt = OPTIMIZERS[optimizer]()
+    state = opt.init(fast)
+    if optimizer == "adam":  # a state some steps in, with second moments of all sizes
+        state = (state[0] + 3, {k: torch.rand(v.shape, generator=gen) for k, v in fast.items()})
+    calls = []
+    original = torch._foreach_sub
+    monkeypatch.setattr(torch, "_foreach_sub", lambda *a: calls.append(1) or original(*a))
+    got, got_state = opt.step(fast, grads, state, 1e-2)
+    assert calls == [1]  # the multi-tensor path ran
+    want, want_state = opt.step({k: v.requires_grad_() for k, v in dict(fast).items()}, grads, state, 1e-2)
+    assert calls == [1]  # and the per-tensor one for a graph
+    assert all(torch.equal(got[k], want[k].detach()) for k in fast)
+    for a, b in zip(tree_leaves(got_state), tree_leaves(want_state), strict=True):
+        assert torch.equal(a, b)

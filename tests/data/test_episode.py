@@ -123,6 +123,39 @@ def test_rotated_classes_turn_their_images():
         assert len(got) == 3, f"class {c}: rotated images not found"
 
 
+def reference_task(source: ClassificationTasks, generator: torch.Generator, shots: int, queries: int):
+    """The sampler written plainly, one class at a time (the draws in the documented order)."""
+    classes = torch.randperm(source.num_classes, generator=generator)[: source.ways]
+    labels = torch.randperm(source.ways, generator=generator)
+    blocks = []
+    for c in classes.tolist():
+        ids = source.class_examples[c]
+        block = source.images[ids[torch.randperm(len(ids), generator=generator)[: shots + queries]]]
+        if source.class_rotation is not None:
+            block = torch.rot90(block, int(source.class_rotation[c]), dims=(-2, -1))
+        blocks.append(block if block.dim() == 4 else block.unsqueeze(1))
+    x, y = torch.stack(blocks), labels[:, None].expand(-1, shots + queries)
+    sx, qx = x[:, :shots].flatten(0, 1), x[:, shots:].flatten(0, 1)
+    sy, qy = y[:, :shots].flatten(), y[:, shots:].flatten()
+    ps, pq = torch.randperm(len(sy), generator=generator), torch.randperm(len(qy), generator=generator)
+    return source.to_float(sx[ps]), sy[ps], source.to_float(qx[pq]), qy[pq]
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (3, 5, 5), (4, 6), (3, 4, 6)])
+def test_sampler_equals_the_plain_per_class_reference(shape):
+    images = torch.randint(0, 256, (40, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    table = [torch.randperm(40, generator=torch.Generator().manual_seed(c))[:9] for c in range(8)]
+    square = shape[-1] == shape[-2]
+    rotation = torch.tensor([0, 1, 2, 3, 5, 6, 0, 3]) if square else torch.tensor([0, 2] * 4)
+    stats = (torch.rand(shape[0]), torch.rand(shape[0]) + 0.5) if len(shape) == 3 else None
+    for rot in (None, rotation):
+        source = ClassificationTasks(images, table, ways=3, class_rotation=rot, normalization=stats)
+        for seed in range(20):
+            got = source.sample_task(torch.Generator().manual_seed(seed), 2, 3)
+            want = reference_task(source, torch.Generator().manual_seed(seed), 2, 3)
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), (rot is None, seed)
+
+
 class FakeTaskSet:
     """A learn2learn-style taskset: sample() -> (x, y) with 3 classes of 4 examples, shuffled."""
 

@@ -126,7 +126,8 @@ def test_16_mixed_skips_a_step_whose_meta_gradient_overflowed():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("algorithm", _mixed_precision_params())
 def test_cuda_16_mixed_tracks_fp32(algorithm):
-    """Untested here (no GPU was available when written): 16-mixed on CUDA, 20 steps, against 32-true."""
+    """16-mixed on CUDA, 20 steps, against 32-true. Passed for all three on an NVIDIA H200 (torch 2.11.0+cu130,
+    Lightning 2.6.6) on 2026-11-29: `python -m pytest tests/scale/test_precision.py -m gpu`."""
     params = {}
     for precision in ("32-true", "16-mixed"):
         learner, batch = sine_learner(algorithm)
