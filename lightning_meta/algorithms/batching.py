@@ -41,11 +41,15 @@ def per_task_examples(batch: Episode) -> int:
     return max(batch.support_x.shape[1], batch.query_x.shape[1])
 
 
-def resolve(batching: str, batch: Episode, low_precision: bool = False, examples: int | None = None) -> str:
-    """The path ("vmap" or "loop") that `batching` takes for this meta-batch. `auto` under mixed precision takes
-    the loop (vmap with batch norm fails under autocast, algorithms/scaling.py). `examples`: the per-task batch
-    size that decides on CPU (default `per_task_examples(batch)`; a learner whose passes are nearly all on the
-    support set, iMAML, passes the support size: `MetaLearner.vmap_examples`)."""
+def resolve(
+    batching: str, batch: Episode, low_precision: bool = False, examples: int | None = None, split: bool = False
+) -> str:
+    """The path that `batching` takes for this meta-batch: "vmap", "loop", or, for `auto` with `split` (a learner
+    whose inner loop keeps no graph, FOMAML), "split": the inner loops vmapped over the tasks' small support sets,
+    the query gradients one task at a time. `auto` under mixed precision takes the loop (vmap with batch norm
+    fails under autocast, algorithms/scaling.py). `examples`: the per-task batch size that decides on CPU
+    (default `per_task_examples(batch)`; a learner whose passes are nearly all on the support set, iMAML, passes
+    the support size: `MetaLearner.vmap_examples`)."""
     if batching != "auto":
         return batching
     if low_precision:
@@ -53,7 +57,9 @@ def resolve(batching: str, batch: Episode, low_precision: bool = False, examples
     if batch.support_x.device.type != "cpu":
         return "vmap"
     examples = per_task_examples(batch) if examples is None else examples
-    return "vmap" if examples <= AUTO_VMAP_MAX_EXAMPLES else "loop"
+    if examples <= AUTO_VMAP_MAX_EXAMPLES:
+        return "vmap"
+    return "split" if split and batch.support_x.shape[1] <= AUTO_VMAP_MAX_EXAMPLES else "loop"
 
 
 def map_tasks(fn: Callable, params, batch: Episode, path: str, chunk_size: int | None = None):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.func import grad, vmap
 from torch.utils._pytree import tree_leaves
 
 from lightning_meta.algorithms import FOMAML, IMAML, MAML, MetaLearner, Reptile
@@ -30,6 +31,10 @@ def test_auto_is_the_default_and_resolves_by_per_task_batch_size():
     assert resolve("auto", _shaped(AUTO_VMAP_MAX_EXAMPLES + 1, 5)) == "loop"  # large support sets too
     assert resolve("auto", small, low_precision=True) == "loop"  # vmap + batch norm fails under autocast
     assert resolve("auto", _shaped(5, 75, device="meta")) == "vmap"  # accelerators: always vmap
+    # a learner whose inner loop keeps no graph (FOMAML) splits: inner loops vmapped, queries one task at a time
+    assert resolve("auto", large, split=True) == "split"
+    assert resolve("auto", _shaped(AUTO_VMAP_MAX_EXAMPLES + 1, 30), split=True) == "loop"  # large support sets
+    assert resolve("auto", large, low_precision=True, split=True) == "loop"
     for fixed in ("vmap", "loop"):
         assert resolve(fixed, small) == resolve(fixed, large) == fixed
 
@@ -54,15 +59,25 @@ def test_loop_stack_equals_torch_stack_bitwise(make_episode):
 def test_auto_equals_vmap_and_loop_in_float64_with_batch_norm(cls, queries, conv, make_episode):
     kwargs = dict(inner=dict(steps=2, lr=0.1, optimizer="sgd"), inner_state="fresh") if cls is Reptile else {}
     batch = make_episode(2, x_shape=(1, 8, 8), queries=queries, tasks=3)
-    expected = resolve("auto", batch)
-    assert expected == ("vmap" if 3 * queries <= AUTO_VMAP_MAX_EXAMPLES else "loop")
+    expected = cls(conv, **kwargs).batching_path(batch)
+    large = "split" if cls is FOMAML else "loop"  # FOMAML's inner loops run vmapped apart from the queries
+    assert expected == ("vmap" if 3 * queries <= AUTO_VMAP_MAX_EXAMPLES else large)
     results = {}
     for batching in ("auto", "vmap", "loop"):
         learner = cls(conv, batching=batching, **kwargs)
-        results[batching] = learner.map_tasks(learner.meta_gradient, learner.params(), batch)
+        results[batching] = learner.task_gradients(learner.params(), batch)
     for other in ("vmap", "loop"):
         for k, g in results["auto"][0].items():
             torch.testing.assert_close(g, results[other][0][k], rtol=1e-7, atol=1e-12)
+    if expected == "split":  # the split path by hand: vmapped inner loops, then each task's query gradient
+        learner = cls(conv, **kwargs)
+        theta = learner.params()
+        adapt = lambda p, x, y: {k: v.detach() for k, v in learner.inner_loop(p, x, y).items()}
+        fast = vmap(adapt, in_dims=(None, 0, 0))(theta, batch.support_x, batch.support_y)
+        tasks = [Episode(*(f[t] for f in batch)) for t in range(3)]
+        grads = [grad(lambda p, e=e: learner.query_objective(p, e)[0])({k: v[t] for k, v in fast.items()})
+                 for t, e in enumerate(tasks)]  # fmt: skip
+        results["split"] = ({k: torch.stack([g[k] for g in grads]) for k in theta},)
     # auto is the path it resolves to, bit for bit (a resumed run takes the same path: nothing to save)
     assert all(torch.equal(g, results[expected][0][k]) for k, g in results["auto"][0].items())
 
