@@ -149,3 +149,22 @@ def test_foreach_inner_step_equals_the_per_tensor_step_bitwise(optimizer, monkey
     assert all(torch.equal(got[k], want[k].detach()) for k in fast)
     for a, b in zip(tree_leaves(got_state), tree_leaves(want_state), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_fomaml_subclass_with_its_own_meta_gradient_is_not_split(conv):
+    """The split path computes FOMAML's meta-gradient itself; a subclass that overrides `meta_gradient` keeps it."""
+
+    class Scaled(FOMAML):
+        def meta_gradient(self, params, episode):
+            grads, metrics = super().meta_gradient(params, episode)
+            return {k: 2 * g for k, g in grads.items()}, metrics
+
+    batch = _shaped(5, AUTO_VMAP_MAX_EXAMPLES + 1)
+    x = lambda like: torch.randn(like.shape, dtype=next(conv.parameters()).dtype)
+    batch = Episode(x(batch.support_x), torch.randint(0, 3, batch.support_y.shape),
+                    x(batch.query_x), torch.randint(0, 3, batch.query_y.shape))  # fmt: skip
+    plain, scaled = FOMAML(conv), Scaled(conv)
+    assert plain.batching_path(batch) == scaled.batching_path(batch) == "split"
+    want, got = plain.task_gradients(plain.params(), batch)[0], scaled.task_gradients(scaled.params(), batch)[0]
+    for k in want:
+        torch.testing.assert_close(got[k], 2 * want[k], rtol=1e-9, atol=1e-12)
