@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.func import jvp, vmap
+from torch.utils._pytree import tree_map
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.algorithms.functional import Params
+from lightning_meta.algorithms.functional import Params, axpy, detach
 from lightning_meta.algorithms.inner import InnerLoop
 from lightning_meta.data.episode import Episode
 
@@ -35,9 +38,37 @@ class MAML(MetaLearner):
     ) -> None:  # fmt: skip
         super().__init__(backbone, inner=inner, eval_inner=eval_inner, **kwargs)
 
+    splits_inner = True
+
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         def adapted_query_loss(theta: Params) -> tuple[Tensor, dict[str, Tensor]]:
             fast = self.inner_loop(theta, episode.support_x, episode.support_y, self.inner)  # differentiable
             return self.query_objective(fast, episode)
 
         return self.scaled_grad(adapted_query_loss, has_aux=True)(params)
+
+    def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
+        """As `meta_gradient` per task. On the "split" path (`batching=auto` on CPU with small support sets and
+        large query sets; MAML itself with SGD inner steps) the derivative through the inner loop is taken by
+        hand, in reverse: the inner loops run in one vmap keeping their iterates phi_0..phi_k (no graph), each
+        task's query gradient g = grad L_query(phi_k) is taken one task at a time, and then, in one vmap,
+        g <- g - lr H_j g for j = k-1, ..., 0, with H_j the Hessian of step j's support loss at phi_j
+        (forward-over-reverse). That is d L_query(phi_k(theta)) / d theta, every Hessian term included; the
+        per-task loop holds one task's 75-image query graph at a time, and the small support passes run batched."""
+        loop = self.inner
+        if self.batching_path(batch) != "split" or type(self) is not MAML or loop.optimizer != "sgd":
+            return super().task_gradients(params, batch)
+        iterates = lambda p, x, y: [detach(fast) for fast, _ in self.inner_iterates(p, x, y, loop)]
+        path = vmap(iterates, in_dims=(None, 0, 0), chunk_size=self.chunk_size)(params, *batch[:2])
+        query = self.scaled_grad(self.query_objective, has_aux=True)
+        pick = lambda t: ({k: v[t] for k, v in path[-1].items()}, Episode(*(f[t] for f in batch)))
+        grads, metrics = tree_map(lambda *xs: torch.stack(xs), *[query(*pick(t)) for t in range(len(batch[0]))])
+
+        def backward(points: list[Params], g: Params, x: Tensor, y: Tensor) -> Params:
+            for j in reversed(range(loop.steps)):
+                xb, yb = loop.batch(j, x, y)
+                support_grad = self.scaled_grad(lambda f, xb=xb, yb=yb: self.loss(f, xb, yb)[0])
+                g = axpy(-loop.lr, jvp(support_grad, (points[j],), (g,))[1], g)
+            return g
+
+        return vmap(backward, chunk_size=self.chunk_size)(path[:-1], grads, *batch[:2]), metrics

@@ -11,7 +11,7 @@ import torch
 from torch.func import grad, vmap
 from torch.utils._pytree import tree_leaves
 
-from lightning_meta.algorithms import FOMAML, IMAML, MAML, MetaLearner, Reptile
+from lightning_meta.algorithms import FOMAML, IMAML, MAML, MetaLearner, MetaSGD, Reptile
 from lightning_meta.algorithms.batching import AUTO_VMAP_MAX_EXAMPLES, map_tasks, resolve
 from lightning_meta.data.episode import Episode
 
@@ -60,7 +60,7 @@ def test_auto_equals_vmap_and_loop_in_float64_with_batch_norm(cls, queries, conv
     kwargs = dict(inner=dict(steps=2, lr=0.1, optimizer="sgd"), inner_state="fresh") if cls is Reptile else {}
     batch = make_episode(2, x_shape=(1, 8, 8), queries=queries, tasks=3)
     expected = cls(conv, **kwargs).batching_path(batch)
-    large = "split" if cls is FOMAML else "loop"  # FOMAML's inner loops run vmapped apart from the queries
+    large = "split" if cls in (FOMAML, MAML) else "loop"  # inner loops vmapped apart from the queries
     assert expected == ("vmap" if 3 * queries <= AUTO_VMAP_MAX_EXAMPLES else large)
     results = {}
     for batching in ("auto", "vmap", "loop"):
@@ -69,7 +69,10 @@ def test_auto_equals_vmap_and_loop_in_float64_with_batch_norm(cls, queries, conv
     for other in ("vmap", "loop"):
         for k, g in results["auto"][0].items():
             torch.testing.assert_close(g, results[other][0][k], rtol=1e-7, atol=1e-12)
-    if expected == "split":  # the split path by hand: vmapped inner loops, then each task's query gradient
+    if expected == "split" and cls is MAML:  # deterministic: the same path again, bit for bit
+        learner = cls(conv, **kwargs)
+        results["split"] = learner.task_gradients(learner.params(), batch)
+    if expected == "split" and cls is FOMAML:  # by hand: vmapped inner loops, then each task's query gradient
         learner = cls(conv, **kwargs)
         theta = learner.params()
         adapt = lambda p, x, y: {k: v.detach() for k, v in learner.inner_loop(p, x, y).items()}
@@ -168,3 +171,28 @@ def test_a_fomaml_subclass_with_its_own_meta_gradient_is_not_split(conv):
     want, got = plain.task_gradients(plain.params(), batch)[0], scaled.task_gradients(scaled.params(), batch)[0]
     for k in want:
         torch.testing.assert_close(got[k], 2 * want[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner", [dict(steps=1, lr=0.4), dict(steps=3, lr=0.1, batch_size=4), dict(steps=0)])
+def test_maml_split_path_equals_autograd_through_the_unrolled_loop(inner, conv, make_episode):
+    """MAML's split path (inner iterates vmapped, query gradients per task, then g <- g - lr H_j g backwards by
+    forward-over-reverse) equals autograd through the unrolled inner loop one task at a time (the loop path), in
+    float64 with batch norm and inner mini-batches."""
+    batch = make_episode(2, x_shape=(1, 8, 8), queries=AUTO_VMAP_MAX_EXAMPLES, tasks=3)  # 3-way: 60 queries
+    split, loop = MAML(conv, inner=inner), MAML(conv, inner=inner, batching="loop")
+    assert split.batching_path(batch) == "split"
+    got, want = split.task_gradients(split.params(), batch), loop.task_gradients(loop.params(), batch)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-9, atol=1e-12)
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+
+
+def test_maml_subclasses_keep_the_per_task_loop(conv, make_episode):
+    """The split path differentiates MAML's own SGD loop by hand; Meta-SGD's learned step sizes (and any subclass)
+    take the loop that `auto` would otherwise split, bit for bit."""
+    batch = make_episode(2, x_shape=(1, 8, 8), queries=AUTO_VMAP_MAX_EXAMPLES, tasks=2)
+    auto, loop = MetaSGD(conv), MetaSGD(conv, batching="loop")
+    got, want = auto.task_gradients(auto.params(), batch)[0], loop.task_gradients(loop.params(), batch)[0]
+    assert auto.batching_path(batch) == "split" and set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
