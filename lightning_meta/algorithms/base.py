@@ -102,9 +102,6 @@ class MetaLearner(Evaluation, pl.LightningModule):
     mixed_precision_note: str = ""
     # Static loss scale of the per-task functional gradients under 16-mixed; see algorithms/scaling.py.
     inner_loss_scale: float = 2.0**10
-    # Whether `batching=auto` may take the "split" path (algorithms/batching.py): only for a learner whose
-    # `task_gradients` implements it (FOMAML: its inner loop keeps no graph, so it can run apart from the query).
-    splits_inner: bool = False
 
     def setup(self, stage: str) -> None:
         check_trainer(self.trainer, self)  # train.py checks before fit already; this covers any other Trainer
@@ -209,10 +206,15 @@ class MetaLearner(Evaluation, pl.LightningModule):
         return paths.map_tasks(fn, params, batch, "loop" if path == "split" else path, self.chunk_size)
 
     def batching_path(self, batch: Episode) -> str:
-        """The path `batching` resolves to for this meta-batch ("vmap", "loop", or "split" for a learner with
-        `splits_inner`; algorithms/batching.py)."""
+        """The path `batching` resolves to for this meta-batch ("vmap", "loop", or "split" for a learner whose
+        `splits_inner()`; algorithms/batching.py)."""
         low = getattr(self._trainer, "precision", "32-true") in ("16-mixed", "bf16-mixed")
-        return paths.resolve(self.batching, batch, low, self.vmap_examples(batch), self.splits_inner)
+        return paths.resolve(self.batching, batch, low, self.vmap_examples(batch), self.splits_inner())
+
+    def splits_inner(self) -> bool:
+        """Whether `batching=auto` may take the "split" path (algorithms/batching.py): only a learner whose
+        `task_gradients` implements it for its own inner loop says yes (MAML with SGD steps, FOMAML)."""
+        return False
 
     def vmap_examples(self, batch: Episode) -> int:
         """The per-task batch size by which `batching=auto` chooses vmap or the loop on CPU: the larger of the

@@ -10,7 +10,7 @@ deterministic (a pure function of the batch's shapes and device), so a resumed r
 uninterrupted one and stays bit-identical without saving the choice. The size it decides by is the learner's
 `vmap_examples(batch)`: the larger of the support and query sets, except for iMAML, whose inner steps and
 conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms). Where
-the support sets are small and the query sets large, FOMAML and MAML take "split" (`splits_inner`): the inner
+the support sets are small and the query sets large, FOMAML and MAML take "split" (`splits_inner()`): the inner
 loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
 746 -> 594 ms per meta-iteration; README, Performance). On
 accelerators `auto` takes vmap (one launch instead of T; an H200 runs FOMAML's paper preset in 12 ms vmapped
@@ -65,22 +65,26 @@ def resolve(
     return "split" if split and batch.support_x.shape[1] <= AUTO_VMAP_MAX_EXAMPLES else "loop"
 
 
-def map_tasks(fn: Callable, params, batch: Episode, path: str, chunk_size: int | None = None):
-    """`fn(params, task)` over the leading task dimension of `batch`, outputs stacked on dim 0.
+def map_tasks(
+    fn: Callable, params, batch: Episode, path: str, chunk_size: int | None = None, per_task_params: bool = False
+):
+    """`fn(params, task)` over the leading task dimension of `batch`, outputs stacked on dim 0; with
+    `per_task_params` the params have that leading dimension too and task t gets its own slice (the "split"
+    paths' fast weights).
 
     "vmap" takes every per-task function, outer gradient included, inside the vmap (exact with batch norm, see
     ARCHITECTURE.md traps); "loop" runs the tasks one at a time and writes each output into a preallocated
     stack (no list of per-task outputs next to the stacked copy).
     """
     if path == "vmap":
-        return vmap(fn, in_dims=(None, 0), chunk_size=chunk_size)(params, batch)
-    count = task_count(batch)
-    first = fn(params, Episode(*(f[0] for f in batch)))
-    stacked = tree_map(lambda x: x.new_empty((count, *x.shape)), first)
+        return vmap(fn, in_dims=(0 if per_task_params else None, 0), chunk_size=chunk_size)(params, batch)
+    task = lambda t: (tree_map(lambda p: p[t], params) if per_task_params else params, Episode(*(f[t] for f in batch)))
+    first = fn(*task(0))
+    stacked = tree_map(lambda x: x.new_empty((task_count(batch), *x.shape)), first)
     _write(stacked, first, 0)
     del first
-    for t in range(1, count):
-        _write(stacked, fn(params, Episode(*(f[t] for f in batch))), t)
+    for t in range(1, task_count(batch)):
+        _write(stacked, fn(*task(t)), t)
     return stacked
 
 

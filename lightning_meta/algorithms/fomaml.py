@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
-from torch.func import vmap
-from torch.utils._pytree import tree_map
 
 from lightning_meta.algorithms.functional import Params, detach
 from lightning_meta.algorithms.maml import MAML
@@ -26,22 +23,13 @@ class FOMAML(MAML):
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
     """
 
-    splits_inner = True
+    second_order = False
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         fast = detach(self.inner_loop(params, episode.support_x, episode.support_y, self.inner))
         return self.scaled_grad(self.query_objective, has_aux=True)(fast, episode)
 
-    def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
-        """As `meta_gradient` per task; on the "split" path (`batching=auto` on CPU with small support sets and
-        large query sets) every task's inner loop runs in one vmap and the query gradients one task at a time:
-        15 queries per class, paper preset, 2-core CPU: the inner steps take 111 ms of a 531 ms meta-iteration
-        one task at a time, 52 ms vmapped (README, Performance)."""
-        if self.batching_path(batch) != "split" or type(self).meta_gradient is not FOMAML.meta_gradient:
-            return super().task_gradients(params, batch)  # a subclass's own meta_gradient runs per task
-        adapt = lambda p, x, y: detach(self.inner_loop(p, x, y, self.inner))
-        fast = vmap(adapt, in_dims=(None, 0, 0), chunk_size=self.chunk_size)(params, *batch[:2])
-        query = self.scaled_grad(self.query_objective, has_aux=True)
-        pick = lambda t: ({k: v[t] for k, v in fast.items()}, Episode(*(f[t] for f in batch)))
-        outs = [query(*pick(t)) for t in range(batch.support_x.shape[0])]
-        return tree_map(lambda *xs: torch.stack(xs), *outs)
+    def splits_inner(self) -> bool:
+        """FOMAML's own meta-gradient, with any inner optimizer: no graph links its inner loop to the query, so
+        `MAML.task_gradients` can run the loops apart (a subclass's own `meta_gradient` runs per task)."""
+        return type(self).meta_gradient is FOMAML.meta_gradient

@@ -167,7 +167,7 @@ def test_a_fomaml_subclass_with_its_own_meta_gradient_is_not_split(conv):
     batch = Episode(x(batch.support_x), torch.randint(0, 3, batch.support_y.shape),
                     x(batch.query_x), torch.randint(0, 3, batch.query_y.shape))  # fmt: skip
     plain, scaled = FOMAML(conv), Scaled(conv)
-    assert plain.batching_path(batch) == scaled.batching_path(batch) == "split"
+    assert plain.batching_path(batch) == "split" and scaled.batching_path(batch) == "loop"
     want, got = plain.task_gradients(plain.params(), batch)[0], scaled.task_gradients(scaled.params(), batch)[0]
     for k in want:
         torch.testing.assert_close(got[k], 2 * want[k], rtol=1e-9, atol=1e-12)
@@ -189,10 +189,12 @@ def test_maml_split_path_equals_autograd_through_the_unrolled_loop(inner, conv, 
 
 
 def test_maml_subclasses_keep_the_per_task_loop(conv, make_episode):
-    """The split path differentiates MAML's own SGD loop by hand; Meta-SGD's learned step sizes (and any subclass)
-    take the loop that `auto` would otherwise split, bit for bit."""
+    """The split path differentiates MAML's own SGD loop by hand; Meta-SGD's learned step sizes (and any subclass),
+    or an Adam inner loop, take the per-task loop where `auto` would split MAML, bit for bit."""
     batch = make_episode(2, x_shape=(1, 8, 8), queries=AUTO_VMAP_MAX_EXAMPLES, tasks=2)
     auto, loop = MetaSGD(conv), MetaSGD(conv, batching="loop")
     got, want = auto.task_gradients(auto.params(), batch)[0], loop.task_gradients(loop.params(), batch)[0]
-    assert auto.batching_path(batch) == "split" and set(got) == set(want)
+    assert auto.batching_path(batch) == "loop" and set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+    assert MAML(conv).batching_path(batch) == "split"
+    assert MAML(conv, inner=dict(optimizer="adam")).batching_path(batch) == "loop"
