@@ -227,16 +227,29 @@ class MetaLearner(Evaluation, pl.LightningModule):
         overrides this to thread the state through the tasks)."""
         return self.map_tasks(self.meta_gradient, params, batch)
 
-    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Episode, batch_idx: int) -> Tensor | None:
         grads, metrics = self.task_gradients(self.params(), batch)
         lr = self.optimizers().param_groups[0]["lr"]  # this step's lr; apply_meta_gradient steps the schedule
         self.apply_meta_gradient({k: g.mean(0) for k, g in grads.items()})
+        self.log("train/lr", lr, on_step=True, on_epoch=False)
+        if not metrics:  # a learner that scores its queries for the log alone skips steps whose log is not written
+            return None
         loss, metric = metrics["query_loss"].mean(), metrics["query_metric"].mean()
         log = dict(prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.support_x.shape[0])
         self.log("train/query_loss", loss, **log)
         self.log(f"train/query_{EpisodeMetrics.metric_name(self.task)}", metric, **log)
-        self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
+
+    def log_query_metrics(self, fast: Params, episode: Episode) -> dict[str, Tensor]:
+        """Query scores of adapted weights for the training log alone (Reptile's, the gradient-combination
+        study's, whose meta-gradients do not need the query set), as one batch: {} on a training step whose log
+        Lightning will not write (on-step values are written every `trainer.log_every_n_steps` steps, the test
+        Lightning's own LearningRateMonitor makes), since scoring costs a forward pass per task. Always taken
+        outside a Trainer's fit."""
+        trainer = self._trainer
+        if trainer is not None and trainer.training and not trainer._logger_connector.should_update_logs:
+            return {}
+        return self.query_metrics(fast, episode, transductive=True)
 
     def apply_meta_gradient(self, meta_grad: Params) -> None:
         """One outer step with `meta_grad` as the gradient, routed through `manual_backward` (DDP, AMP, clipping)."""

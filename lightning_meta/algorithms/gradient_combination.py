@@ -93,5 +93,5 @@ class GradientCombination(Reptile):
                 combined.update({k: combined[k] + weight * (fast[k] - moved[k]) for k in fast})
             fast, state = moved, end
         # Logging only, as Reptile (with pool_queries the queries were trained on).
-        metrics = self.query_metrics({**params, **fast}, episode, transductive=True)
+        metrics = self.log_query_metrics({**params, **fast}, episode)
         return combined, metrics, state

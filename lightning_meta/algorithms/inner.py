@@ -54,8 +54,9 @@ class SGD:
 
 
 class Adam:
-    """Adam with beta1 = 0 (the Reptile paper's inner optimizer), computed as `torch.optim.Adam(betas=(0, beta2))`:
-    v <- beta2 v + (1 - beta2) g^2; fast <- fast - lr g / (sqrt(v / (1 - beta2^t)) + eps).
+    """Adam with beta1 = 0 (the Reptile paper's inner optimizer), bitwise `torch.optim.Adam(betas=(0, beta2))`:
+    v <- beta2 v + (1 - beta2) g^2; fast <- fast - lr g / (sqrt(v) / sqrt(1 - beta2^t) + eps), with torch's
+    operations in torch's order (the fused multiply-add of `addcmul`, the bias correction in float64).
 
     The state is (t, v): the step count as a 0-dim tensor and the second moments, one tensor per fast weight.
     TensorFlow's Adam (supervised-reptile) puts eps outside the bias correction: the two differ by eps-sized terms.
@@ -73,27 +74,27 @@ class Adam:
     def step(self, fast: Params, grads: Params, state: tuple[Tensor, Params], lr: Lr) -> tuple[Params, tuple]:
         t, v = state
         t = t + 1
-        correction = 1 - self.beta2**t
+        # torch.optim.Adam's bias_correction2 ** 0.5: a Python float, which meets a tensor in the tensor's dtype
+        root = (1 - self.beta2 ** t.double()).sqrt().to(t.dtype)
         if _foreach_ok(fast, grads, v) and not isinstance(lr, dict):
-            return self._foreach_step(fast, grads, v, t, correction, lr)
-        v = {k: self.beta2 * v[k] + (1 - self.beta2) * grads[k] ** 2 for k in v}
-        size = {k: lr[k] if isinstance(lr, dict) else lr for k in fast}
-        return {k: fast[k] - size[k] * grads[k] / ((v[k] / correction).sqrt() + self.eps) for k in fast}, (t, v)
+            return self._foreach_step(fast, grads, v, t, root, lr)
+        v = {k: torch.addcmul(self.beta2 * v[k], grads[k], grads[k], value=1 - self.beta2) for k in v}
+        denominator = {k: v[k].sqrt() / root + self.eps for k in v}
+        if isinstance(lr, dict):
+            return {k: fast[k] - lr[k] * grads[k] / denominator[k] for k in fast}, (t, v)
+        return {k: torch.addcdiv(fast[k], grads[k], denominator[k], value=-lr) for k in fast}, (t, v)
 
-    def _foreach_step(self, fast: Params, grads: Params, v: Params, t: Tensor, correction: Tensor, lr: float):
-        """`step`'s arithmetic, operation by operation, on lists (bitwise the same on CPU)."""
+    def _foreach_step(self, fast: Params, grads: Params, v: Params, t: Tensor, root: Tensor, lr: float):
+        """`step`'s arithmetic, operation by operation, on lists (bitwise the same on CPU): six multi-tensor
+        passes, as `torch.optim.Adam(foreach=True)` makes them."""
         keys = list(fast)
         g = _values(grads, keys)
         v_new = torch._foreach_mul(_values(v, keys), self.beta2)
-        squares = torch._foreach_mul(g, g)
-        torch._foreach_mul_(squares, 1 - self.beta2)
-        torch._foreach_add_(v_new, squares)
-        denominator = torch._foreach_div(v_new, correction)
-        torch._foreach_sqrt_(denominator)
+        torch._foreach_addcmul_(v_new, g, g, 1 - self.beta2)
+        denominator = torch._foreach_sqrt(v_new)
+        torch._foreach_div_(denominator, root)
         torch._foreach_add_(denominator, self.eps)
-        update = torch._foreach_mul(g, lr)
-        torch._foreach_div_(update, denominator)
-        moved = torch._foreach_sub(_values(fast, keys), update)
+        moved = torch._foreach_addcdiv(_values(fast, keys), g, denominator, -lr)
         return dict(zip(keys, moved, strict=True)), (t, dict(zip(keys, v_new, strict=True)))
 
 

@@ -95,9 +95,9 @@ class Reptile(MetaLearner):
     def _adapt(self, params: Params, episode: Episode, state):
         """(theta - phi, query metrics, final inner state) of one task, its inner optimizer starting at `state`."""
         fast, state = self.inner_trajectory(params, episode.support_x, episode.support_y, self.inner, state)
-        # The query set only feeds the training log: score it as one batch, whatever `transductive` says (the
-        # per-query non-transductive path would cost as much as the inner loop itself).
-        return subtract(params, fast), self.query_metrics(fast, episode, transductive=True), state
+        # The query set only feeds the training log: scored as one batch whatever `transductive` says (the
+        # per-query non-transductive path would cost as much as the inner loop itself), on logged steps only.
+        return subtract(params, fast), self.log_query_metrics(fast, episode), state
 
     def _mean_over_ranks(self, state):
         if self._trainer is None or self.trainer.world_size == 1:

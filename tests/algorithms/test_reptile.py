@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import Logger
 from torch import nn
 
 from lightning_meta.algorithms import InnerLoop, Reptile
@@ -119,15 +120,17 @@ class _Recorder(pl.Callback):
         self.logged.append(float(trainer.callback_metrics["train/lr"]))
 
 
-def _fit(learner: Reptile, max_steps: int, meta_batch_size: int = 2) -> tuple[pl.Trainer, _Recorder, _RandomImages]:
+def _fit(
+    learner: Reptile, max_steps: int, meta_batch_size: int = 2, logger=False, log_every_n_steps: int = 1
+) -> tuple[pl.Trainer, _Recorder, _RandomImages]:
     dm = _RandomImages(ways=WAYS, shots=1, queries=1, train_shots=SHOTS, meta_batch_size=meta_batch_size,
                        val_episodes=0, seed=3)  # fmt: skip
     recorder = _Recorder()
     trainer = pl.Trainer(
-        max_steps=max_steps, precision="64-true", accelerator="cpu", devices=1, logger=False,
+        max_steps=max_steps, precision="64-true", accelerator="cpu", devices=1, logger=logger,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        inference_mode=False,
-        use_distributed_sampler=False, callbacks=[recorder], limit_val_batches=0, log_every_n_steps=1,
+        inference_mode=False, use_distributed_sampler=False, callbacks=[recorder], limit_val_batches=0,
+        log_every_n_steps=log_every_n_steps,
     )  # fmt: skip
     trainer.fit(learner, datamodule=dm)
     return trainer, recorder, dm
@@ -165,6 +168,55 @@ def test_outer_lr_anneals_linearly():
     assert recorder.lrs == pytest.approx(expected)
     assert recorder.logged == pytest.approx(expected), "train/lr must report the lr that step used"
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.2)
+
+
+class _MemoryLogger(Logger):
+    """Keeps what Lightning writes: (step, metrics) rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+def _fit_counting_scores(mode: str, every: int) -> tuple[Reptile, list[int], dict[int, float]]:
+    """(trained learner, the steps on which it scored queries, the logged train/query_loss by step)."""
+    torch.manual_seed(0)
+    inner = dict(steps=2, lr=0.02, batch_size=4, optimizer="adam")
+    learner = Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner=inner, inner_state=mode)
+    scored, original = [], learner.query_metrics
+    learner.query_metrics = lambda *a, **k: scored.append(learner.global_step) or original(*a, **k)
+    logger = _MemoryLogger()
+    _fit(learner, max_steps=4, logger=logger, log_every_n_steps=every)
+    logged = {step: row["train/query_loss"] for step, row in logger.rows if "train/query_loss" in row}
+    return learner, sorted(set(scored)), logged
+
+
+@pytest.mark.parametrize("mode", ["carried", "batched"])
+def test_queries_are_scored_on_the_logged_steps_only(mode):
+    """Reptile's query scores feed only the training log: with log_every_n_steps=2 they are computed on every
+    second step, the logger receives the values it receives with log_every_n_steps=1 at those steps, and the
+    training is the same bit for bit."""
+    runs = {every: _fit_counting_scores(mode, every) for every in (1, 2)}
+    assert runs[1][1] == [0, 1, 2, 3] and runs[2][1] == [1, 3]
+    assert sorted(runs[1][2]) == [0, 1, 2, 3] and sorted(runs[2][2]) == [1, 3]
+    assert all(runs[2][2][step] == runs[1][2][step] for step in (1, 3))
+    for (name, p), q in zip(runs[1][0].named_parameters(), runs[2][0].parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert all(torch.equal(a, b) for a, b in zip(runs[1][0].buffers(), runs[2][0].buffers(), strict=True))
 
 
 def _reference_carried(model: nn.Module, batches, eps: list[float], inner: dict, shared_start: bool):
