@@ -866,8 +866,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default="data", help="data.root holding omniglot/ (archives or decoded cache)")
     parser.add_argument("--floor-chunk", type=int, default=None, help="tasks per (d) batch (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: every row, (a) with trainer.accelerator=gpu")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra train.py override for every row's preset (e.g. data.num_workers=4)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra train.py override for every row's preset (e.g. data.num_workers=4)",
+    )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the profiled iteration")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--train-child", default=None, help=argparse.SUPPRESS)
