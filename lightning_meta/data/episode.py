@@ -43,10 +43,14 @@ def episode_seed(seed: int, split: str, index: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def episode_generator(seed: int, split: str, index: int) -> torch.Generator:
+    """The generator episode `index` of `split` is drawn from."""
+    return torch.Generator().manual_seed(episode_seed(seed, split, index))
+
+
 def sample_episode(source: TaskSource, seed: int, split: str, index: int, shots: int, queries: int) -> Episode:
     """Episode `index` of `split`: a pure function of its arguments."""
-    generator = torch.Generator().manual_seed(episode_seed(seed, split, index))
-    return source.sample_task(generator, shots, queries)
+    return source.sample_task(episode_generator(seed, split, index), shots, queries)
 
 
 def stack_episodes(episodes: Sequence[Episode]) -> Episode:
@@ -120,6 +124,24 @@ class ClassificationTasks:
         examples, the support order, the query order); the index arithmetic runs in NumPy and the images move
         in one gather, so a task costs a few tensor operations whatever N is (the training loader draws tens of
         thousands of tasks per run)."""
+        return Episode(*(field[0] for field in self.sample_tasks([generator], shots, queries)))
+
+    def sample_tasks(self, generators: Sequence[torch.Generator], shots: int, queries: int) -> Episode:
+        """Tasks stacked on a leading dimension, task t drawn from `generators[t]` as `sample_task` draws it: the
+        draws and index arithmetic task by task, then the images of all tasks in one gather and one conversion
+        per set (what `EpisodeBatches` calls for a meta-batch)."""
+        rows, turns, labels = zip(*(self._task_rows(g, shots, queries) for g in generators), strict=True)
+        split, tasks = self.ways * shots, len(generators)
+        ids, y = np.stack(rows), torch.from_numpy(np.stack(labels))
+        turned = np.stack(turns) if self.class_rotation is not None else None
+        x = [self._images(ids[:, part].reshape(-1), None if turned is None else turned[:, part].reshape(-1))
+             for part in (slice(None, split), slice(split, None))]  # fmt: skip
+        x = [xs.view(tasks, -1, *xs.shape[1:]) for xs in x]
+        return Episode(x[0], y[:, :split].contiguous(), x[1], y[:, split:].contiguous())
+
+    def _task_rows(self, generator: torch.Generator, shots: int, queries: int):
+        """One task's example ids, quarter turns (None without class rotation) and labels, each (N*(K+Q),) in
+        output order: the shuffled support set, then the shuffled query set."""
         m, ways = shots + queries, self.ways
         classes = torch.randperm(self.num_classes, generator=generator)[:ways].tolist()
         labels = torch.randperm(ways, generator=generator).numpy()
@@ -128,19 +150,18 @@ class ClassificationTasks:
         )  # (N, K+Q) example ids
         ps = torch.randperm(ways * shots, generator=generator).numpy()
         pq = torch.randperm(ways * queries, generator=generator).numpy()
-        # Rows of the task in output order: the shuffled support set, then the shuffled query set.
         rows = np.concatenate([_class_major(ways, m, 0, shots)[ps], _class_major(ways, m, shots, m)[pq]])
-        ids = torch.from_numpy(picked.reshape(-1)[rows])
-        if self.class_rotation is None:
-            x = self.images[ids]  # (R, *x) uint8: one gather
-        else:  # rotated copies of classes
-            x = self._rotated(ids, np.repeat(self._turns[classes], m)[rows])
+        turns = None if self.class_rotation is None else np.repeat(self._turns[classes], m)[rows]
+        y = np.concatenate([np.repeat(labels, shots)[ps], np.repeat(labels, queries)[pq]])
+        return picked.reshape(-1)[rows], turns, y
+
+    def _images(self, ids: np.ndarray, turns: np.ndarray | None) -> Tensor:
+        """Float images of example ids, (R, C, H, W), in one gather (rotated copies turned)."""
+        index = torch.from_numpy(ids)
+        x = self.images[index] if turns is None else self._rotated(index, turns)
         if x.dim() == 3:
             x = x.unsqueeze(1)  # add the channel dimension of grey images
-        x = self.to_float(x)
-        y = torch.from_numpy(np.concatenate([np.repeat(labels, shots)[ps], np.repeat(labels, queries)[pq]]))
-        split = ways * shots
-        return Episode(x[:split], y[:split], x[split:], y[split:])
+        return self.to_float(x)
 
     @functools.cached_property
     def _ids(self) -> list[np.ndarray]:
@@ -168,8 +189,10 @@ class ClassificationTasks:
         return torch.stack([torch.rot90(self.images, k, dims=(-2, -1)) for k in range(4)])
 
 
+@functools.lru_cache(maxsize=64)
 def _class_major(ways: int, per_class: int, start: int, stop: int) -> np.ndarray:
-    """Flat positions (class i, example j) = i * per_class + j for j in [start, stop), class-major."""
+    """Flat positions (class i, example j) = i * per_class + j for j in [start, stop), class-major (cached: every
+    task of a split asks for the same few; callers only index with it)."""
     return (np.arange(ways)[:, None] * per_class + np.arange(start, stop)).reshape(-1)
 
 
@@ -259,6 +282,9 @@ class EpisodeBatches(Dataset):
         if not 0 <= b < len(self):
             raise IndexError(b)
         chunk = self.ids[b * self.batch_size : (b + 1) * self.batch_size]
+        if hasattr(self.source, "sample_tasks"):  # the whole meta-batch at once, the same episodes
+            generators = [episode_generator(self.seed, self.split, i) for i in chunk]
+            return self.source.sample_tasks(generators, self.shots, self.queries)
         return stack_episodes(
             [sample_episode(self.source, self.seed, self.split, i, self.shots, self.queries) for i in chunk]
         )

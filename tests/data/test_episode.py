@@ -154,6 +154,11 @@ def test_sampler_equals_the_plain_per_class_reference(shape):
             got = source.sample_task(torch.Generator().manual_seed(seed), 2, 3)
             want = reference_task(source, torch.Generator().manual_seed(seed), 2, 3)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), (rot is None, seed)
+        for queries in (3, 0):  # a meta-batch in one go: each task as the reference draws it from its generator
+            batch = source.sample_tasks([torch.Generator().manual_seed(seed) for seed in range(5)], 2, queries)
+            want = [reference_task(source, torch.Generator().manual_seed(seed), 2, queries) for seed in range(5)]
+            for got, expected in zip(batch, zip(*want, strict=True), strict=True):
+                assert got.is_contiguous() and torch.equal(got, torch.stack(expected)), (rot is None, queries)
 
 
 class FakeTaskSet:
