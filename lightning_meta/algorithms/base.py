@@ -203,7 +203,9 @@ class MetaLearner(Evaluation, pl.LightningModule):
         resolves to for this batch (`auto`: algorithms/batching.py). Every path takes the outer gradient inside the
         per-task function (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
         path = self.batching_path(batch)
-        return paths.map_tasks(fn, params, batch, "loop" if path == "split" else path, self.chunk_size)
+        if path == "split":  # only `task_gradients` splits; any other function takes what the sizes say without it
+            path = paths.resolve(self.batching, batch, examples=self.vmap_examples(batch))
+        return paths.map_tasks(fn, params, batch, path, self.chunk_size)
 
     def batching_path(self, batch: Episode) -> str:
         """The path `batching` resolves to for this meta-batch ("vmap", "loop", or "split" for a learner whose
@@ -213,7 +215,7 @@ class MetaLearner(Evaluation, pl.LightningModule):
 
     def splits_inner(self) -> bool:
         """Whether `batching=auto` may take the "split" path (algorithms/batching.py): only a learner whose
-        `task_gradients` implements it for its own inner loop says yes (MAML with SGD steps, FOMAML)."""
+        `task_gradients` implements it for its own inner loop says yes (MAML with SGD steps, FOMAML, iMAML)."""
         return False
 
     def vmap_examples(self, batch: Episode) -> int:

@@ -10,9 +10,10 @@ deterministic (a pure function of the batch's shapes and device), so a resumed r
 uninterrupted one and stays bit-identical without saving the choice. The size it decides by is the learner's
 `vmap_examples(batch)`: the larger of the support and query sets, except for iMAML, whose inner steps and
 conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms). Where
-the support sets are small and the query sets large, FOMAML and MAML take "split" (`splits_inner()`): the inner
-loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
-746 -> 594 ms per meta-iteration; README, Performance). On
+the support sets are small and the query sets large, FOMAML, MAML and iMAML take "split" (`splits_inner()`): the
+inner loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
+746 -> 594 ms per meta-iteration; README, Performance). A per-task function of no split path (evaluation) takes
+what the sizes say without it. On
 accelerators `auto` takes vmap (one launch instead of T; an H200 runs FOMAML's paper preset in 12 ms vmapped
 against 164 ms one task at a time, benchmarks/speed.py), and under mixed precision the loop.
 """
@@ -48,21 +49,23 @@ def resolve(
     batching: str, batch: Episode, low_precision: bool = False, examples: int | None = None, split: bool = False
 ) -> str:
     """The path that `batching` takes for this meta-batch: "vmap", "loop", or, for `auto` with `split` (a learner
-    whose inner loop keeps no graph, FOMAML), "split": the inner loops vmapped over the tasks' small support sets,
-    the query gradients one task at a time. `auto` under mixed precision takes the loop (vmap with batch norm
-    fails under autocast, algorithms/scaling.py). `examples`: the per-task batch size that decides on CPU
-    (default `per_task_examples(batch)`; a learner whose passes are nearly all on the support set, iMAML, passes
-    the support size: `MetaLearner.vmap_examples`)."""
+    whose `task_gradients` implements it: FOMAML, MAML, iMAML), "split" where the support sets are small and the
+    query sets large: the inner loops vmapped over the tasks' support sets, the query gradients one task at a time.
+    `auto` under mixed precision takes the loop (vmap with batch norm fails under autocast, algorithms/scaling.py).
+    `examples`: the per-task batch size that decides between vmap and the loop on CPU (default
+    `per_task_examples(batch)`; a learner whose passes are nearly all on the support set, iMAML, passes the
+    support size: `MetaLearner.vmap_examples`)."""
     if batching != "auto":
         return batching
     if low_precision:
         return "loop"
     if batch.support_x.device.type != "cpu":
         return "vmap"
+    small_support = batch.support_x.shape[1] <= AUTO_VMAP_MAX_EXAMPLES
+    if split and small_support and batch.query_x.shape[1] > AUTO_VMAP_MAX_EXAMPLES:
+        return "split"
     examples = per_task_examples(batch) if examples is None else examples
-    if examples <= AUTO_VMAP_MAX_EXAMPLES:
-        return "vmap"
-    return "split" if split and batch.support_x.shape[1] <= AUTO_VMAP_MAX_EXAMPLES else "loop"
+    return "vmap" if examples <= AUTO_VMAP_MAX_EXAMPLES else "loop"
 
 
 def map_tasks(

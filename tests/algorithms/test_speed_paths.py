@@ -226,3 +226,26 @@ def test_maml_subclasses_keep_the_per_task_loop(conv, make_episode):
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert MAML(conv).batching_path(batch) == "split"
     assert MAML(conv, inner=dict(optimizer="adam")).batching_path(batch) == "loop"
+
+
+@pytest.mark.parametrize("solver", ["gd", "hf"])
+def test_imaml_split_path_equals_the_per_task_meta_gradient(solver, conv, make_episode):
+    """iMAML's split path (inner loops vmapped, query gradients per task, conjugate-gradient solves vmapped) equals
+    its meta-gradient one task at a time, in float64 with batch norm, with either inner solver; a subclass with
+    its own meta-gradient keeps the path its support size gives (vmap)."""
+    batch = make_episode(2, x_shape=(1, 8, 8), queries=AUTO_VMAP_MAX_EXAMPLES, tasks=3)  # 3-way: 60 queries
+    inner = dict(steps=3, lr=0.1, solver=solver, hf_cg_steps=2)
+    split, loop = IMAML(conv, inner=inner, cg_steps=3), IMAML(conv, inner=inner, cg_steps=3, batching="loop")
+    assert split.batching_path(batch) == "split"
+    got, want = split.task_gradients(split.params(), batch), loop.task_gradients(loop.params(), batch)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-9, atol=1e-12)
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+
+    class Halved(IMAML):
+        def meta_gradient(self, params, episode):
+            grads, metrics = super().meta_gradient(params, episode)
+            return {k: g / 2 for k, g in grads.items()}, metrics
+
+    assert Halved(conv).batching_path(batch) == "vmap"
