@@ -12,10 +12,10 @@ uninterrupted one and stays bit-identical without saving the choice. The size it
 conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms). Where
 the support sets are small and the query sets large, FOMAML, MAML and iMAML take "split" (`splits_inner()`): the
 inner loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
-746 -> 594 ms per meta-iteration; README, Performance). A per-task function of no split path (evaluation) takes
-what the sizes say without it. On
-accelerators `auto` takes vmap (one launch instead of T; an H200 runs FOMAML's paper preset in 12 ms vmapped
-against 164 ms one task at a time, benchmarks/speed.py), and under mixed precision the loop.
+746 -> 594 ms, iMAML 2580 -> 2090 ms per meta-iteration; README, Performance). A per-task function without a split
+path (evaluation) takes what the sizes say without it. On accelerators `auto` takes vmap (one launch instead of T;
+an H200 runs FOMAML's paper preset in 12 ms vmapped against 164 ms one task at a time, benchmarks/speed.py), and
+under mixed precision the loop.
 """
 
 from __future__ import annotations

@@ -129,8 +129,8 @@ class IMAML(MetaLearner):
 
     def vmap_examples(self, batch: Episode) -> int:
         """The support set's size: `inner.steps` steps and `cg_steps` Hessian-vector products pass through it, the
-        query set once, so `batching=auto` chooses by it (15 queries per class, CPU: vmap 2676 ms, loop 5314 ms
-        per meta-iteration at the paper preset)."""
+        query set once, so `batching=auto` chooses vmap or the loop by it (15 queries per class, CPU: vmap 2676
+        ms, loop 5314 ms per meta-iteration at the paper preset; `task_gradients` splits there instead)."""
         return batch.support_x.shape[1]
 
     def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: ProximalLoop) -> Tensor:
