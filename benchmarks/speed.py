@@ -19,7 +19,8 @@ ones `python train.py` trains on first. Rows:
     Reptile: one fast model loaded with theta per task, stepped by `torch.optim.Adam(betas=(0, 0.999))`: a fresh
     one per task, or with the preset's `inner_state=carried` one Adam whose moments run on from task to task and
     meta-iteration to meta-iteration, as supervised-reptile's (`batched`: every task from the same state, which
-    then moves to the tasks' mean). The query set is not scored (lightning_meta scores it for the training log).
+    then moves to the tasks' mean). The query set is not scored (lightning_meta scores it for the training log,
+    on the steps whose log is written).
     iMAML (aravindr93/imaml_dev style): fast model with `torch.optim.SGD` on the proximal objective, then per-task
     conjugate gradient on flat vectors whose Hessian-vector products recompute the support loss and take a double
     backward each call. Same meta-gradient as lightning_meta's ((I + H/lam) v = g_query for iMAML).
