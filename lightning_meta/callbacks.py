@@ -128,7 +128,9 @@ class NonFiniteGuard(pl.Callback):
     before `LastCheckpoint` (listed after it) could save, so the last checkpoint on disk stays the last good one.
 
     Under `16-mixed` a non-finite gradient is the GradScaler's business (it skips that step and lowers its
-    scale), so only the loss and the weights are checked there.
+    scale), so only the loss and the weights are checked there. Reptile and the gradient-combination study score
+    their query loss on logged steps only (`MetaLearner.log_query_metrics`); their meta-gradients and weights are
+    checked on every step.
     """
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
