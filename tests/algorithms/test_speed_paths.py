@@ -60,7 +60,9 @@ def test_auto_equals_vmap_and_loop_in_float64_with_batch_norm(cls, queries, conv
     kwargs = dict(inner=dict(steps=2, lr=0.1, optimizer="sgd"), inner_state="fresh") if cls is Reptile else {}
     batch = make_episode(2, x_shape=(1, 8, 8), queries=queries, tasks=3)
     expected = cls(conv, **kwargs).batching_path(batch)
-    large = "split" if cls in (FOMAML, MAML) else "loop"  # inner loops vmapped apart from the queries
+    # FOMAML, MAML: inner loops vmapped apart from the queries; Reptile decides by its inner steps' 6 support
+    # images, since its queries only feed the log
+    large = "split" if cls in (FOMAML, MAML) else "vmap"
     assert expected == ("vmap" if 3 * queries <= AUTO_VMAP_MAX_EXAMPLES else large)
     results = {}
     for batching in ("auto", "vmap", "loop"):
@@ -103,6 +105,20 @@ def test_auto_decides_by_the_learners_vmap_examples(cls, support, queries, path,
     learner, batch, seen = cls(conv), _shaped(support, queries), []
     learner.map_tasks(lambda p, e: seen.append(e.support_x.dim()) or {"x": e.query_y}, learner.params(), batch)
     assert len(seen) == (1 if path == "vmap" else 2)  # vmap traces the function once; the loop calls it per task
+
+
+def test_reptile_decides_by_its_inner_mini_batch(conv):
+    """Reptile's inner steps pass `inner.batch_size` examples (eval_inner's in evaluation) and its queries only
+    feed the log: 50 support images in mini-batches of 10 vmap in training, the whole 50 per step at evaluation
+    take the loop, and so does a training loop without mini-batches."""
+    batch = _shaped(50, AUTO_VMAP_MAX_EXAMPLES + 5)
+    learner = Reptile(conv, inner=dict(steps=5, lr=1e-3, batch_size=10, optimizer="adam"))
+    assert learner.vmap_examples(batch) == 10 and learner.batching_path(batch) == "vmap"
+    learner.eval()
+    assert learner.vmap_examples(batch) == 50 and learner.batching_path(batch) == "loop"
+    whole = Reptile(conv, inner=dict(steps=5, lr=1e-3, batch_size=None, optimizer="adam"))
+    assert whole.batching_path(batch) == "loop"
+    assert Reptile(conv).batching_path(_shaped(5, 5)) == "vmap"  # mini-batches larger than the support set
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0**10])
