@@ -9,7 +9,9 @@ its own weights, vmap runs each convolution as one grouped convolution over the 
 deterministic (a pure function of the batch's shapes and device), so a resumed run takes the same path as the
 uninterrupted one and stays bit-identical without saving the choice. The size it decides by is the learner's
 `vmap_examples(batch)`: the larger of the support and query sets, except for iMAML, whose inner steps and
-conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms). Where
+conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms), and
+Reptile, whose inner steps pass mini-batches and whose queries only feed the log (batched inner state: vmap 82 ms,
+loop 107 ms). Where
 the support sets are small and the query sets large, FOMAML, MAML and iMAML take "split" (`splits_inner()`): the
 inner loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
 746 -> 594 ms, iMAML 2580 -> 2090 ms per meta-iteration; README, Performance). A per-task function without a split
