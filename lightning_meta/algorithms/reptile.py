@@ -96,7 +96,7 @@ class Reptile(MetaLearner):
         """The examples one inner step passes through a task's weights: `inner.batch_size` (`eval_inner`'s in
         evaluation), at most the support set. The query set only feeds the log, once per task on logged steps, so
         `batching=auto` does not decide by it (the paper's 50 support images in mini-batches of 10 with
-        `inner_state=batched`, 2-core CPU: vmap 89 ms, loop 106 ms per meta-iteration; README, Performance)."""
+        `inner_state=batched`, 2-core CPU: vmap 82 ms, loop 107 ms per meta-iteration; README, Performance)."""
         loop = self.inner if self.training else self.eval_inner
         support = batch.support_x.shape[1]
         return support if loop.batch_size is None else min(loop.batch_size, support)
