@@ -218,6 +218,12 @@ class MetaLearner(Evaluation, pl.LightningModule):
         `task_gradients` implements it for its own inner loop says yes (MAML with SGD steps, FOMAML, iMAML)."""
         return False
 
+    def query_gradients_per_task(self, fast: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
+        """(query-loss gradients, metrics) of per-task fast weights (leading task dimension), one task at a time:
+        the "split" paths' query pass, which holds one task's large query graph at a time."""
+        query = self.scaled_grad(self.query_objective, has_aux=True)
+        return paths.map_tasks(query, fast, batch, "loop", per_task_params=True)
+
     def vmap_examples(self, batch: Episode) -> int:
         """The per-task batch size by which `batching=auto` chooses vmap or the loop on CPU: the larger of the
         support and query sets, each of which passes through per-task weights about equally often."""

@@ -9,7 +9,6 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from lightning_meta.algorithms import batching as paths
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, axpy, conjugate_gradient, detach, squared_distance
 from lightning_meta.algorithms.inner import InnerLoop
@@ -166,7 +165,6 @@ class IMAML(MetaLearner):
             return super().task_gradients(params, batch)
         adapt = lambda p, x, y: detach(self.inner_loop(p, x, y, self.inner))
         phi = vmap(adapt, in_dims=(None, 0, 0), chunk_size=self.chunk_size)(params, *batch[:2])
-        query = self.scaled_grad(self.query_objective, has_aux=True)
-        query_grads, metrics = paths.map_tasks(query, phi, batch, "loop", per_task_params=True)
+        query_grads, metrics = self.query_gradients_per_task(phi, batch)
         solve = vmap(self.implicit_gradient, chunk_size=self.chunk_size)
         return solve(phi, query_grads, *batch[:2]), metrics

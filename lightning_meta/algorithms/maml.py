@@ -7,7 +7,6 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from lightning_meta.algorithms import batching as paths
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, axpy, detach
 from lightning_meta.algorithms.inner import InnerLoop
@@ -66,8 +65,7 @@ class MAML(MetaLearner):
         kept = slice(-1, None) if first_order else slice(None)  # FOMAML needs the last iterate only
         iterates = lambda p, x, y: [detach(fast) for fast, _ in self.inner_iterates(p, x, y, loop)][kept]
         path = vmap(iterates, in_dims=(None, 0, 0), chunk_size=self.chunk_size)(params, *batch[:2])
-        query = self.scaled_grad(self.query_objective, has_aux=True)
-        grads, metrics = paths.map_tasks(query, path[-1], batch, "loop", per_task_params=True)
+        grads, metrics = self.query_gradients_per_task(path[-1], batch)
         if first_order:
             return grads, metrics
 

@@ -217,6 +217,15 @@ def test_a_fomaml_subclass_with_its_own_meta_gradient_is_not_split(conv):
         torch.testing.assert_close(got[k], 2 * want[k], rtol=1e-9, atol=1e-12)
 
 
+def _assert_same_task_gradients(split, loop, batch: Episode) -> None:
+    """Per-task meta-gradients and metrics of two learners on one batch agree to float64 round-off."""
+    got, want = split.task_gradients(split.params(), batch), loop.task_gradients(loop.params(), batch)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-9, atol=1e-12)
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("inner", [dict(steps=1, lr=0.4), dict(steps=3, lr=0.1, batch_size=4), dict(steps=0)])
 def test_maml_split_path_equals_autograd_through_the_unrolled_loop(inner, conv, make_episode):
     """MAML's split path (inner iterates vmapped, query gradients per task, then g <- g - lr H_j g backwards by
@@ -225,11 +234,7 @@ def test_maml_split_path_equals_autograd_through_the_unrolled_loop(inner, conv, 
     batch = make_episode(2, x_shape=(1, 8, 8), queries=AUTO_VMAP_MAX_EXAMPLES, tasks=3)  # 3-way: 60 queries
     split, loop = MAML(conv, inner=inner), MAML(conv, inner=inner, batching="loop")
     assert split.batching_path(batch) == "split"
-    got, want = split.task_gradients(split.params(), batch), loop.task_gradients(loop.params(), batch)
-    for k in want[0]:
-        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-9, atol=1e-12)
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+    _assert_same_task_gradients(split, loop, batch)
 
 
 def test_maml_subclasses_keep_the_per_task_loop(conv, make_episode):
@@ -253,11 +258,7 @@ def test_imaml_split_path_equals_the_per_task_meta_gradient(solver, conv, make_e
     inner = dict(steps=3, lr=0.1, solver=solver, hf_cg_steps=2)
     split, loop = IMAML(conv, inner=inner, cg_steps=3), IMAML(conv, inner=inner, cg_steps=3, batching="loop")
     assert split.batching_path(batch) == "split"
-    got, want = split.task_gradients(split.params(), batch), loop.task_gradients(loop.params(), batch)
-    for k in want[0]:
-        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-9, atol=1e-12)
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+    _assert_same_task_gradients(split, loop, batch)
 
     class Halved(IMAML):
         def meta_gradient(self, params, episode):
