@@ -11,7 +11,9 @@ beside this file is used.
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
 from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,13 +79,39 @@ class DemoHandler(BaseHTTPRequestHandler):
 
 
 class DemoServer(ThreadingHTTPServer):
-    """A threading HTTP server holding the `Demo` its handlers answer from."""
+    """A threading HTTP server holding the `Demo` its handlers answer from.
 
-    daemon_threads = True
+    `server_close` (Ctrl-C) ends the reads of the connections still open, such as a browser's spare ones, and then
+    joins their handler threads, so that none is still running while Python shuts down.
+    """
+
+    daemon_threads = False  # ThreadingMixIn joins non-daemon handler threads in server_close
 
     def __init__(self, address: tuple[str, int], demo: Demo, verbose: bool = False) -> None:
         super().__init__(address, DemoHandler)
         self.demo, self.verbose = demo, verbose
+        self._open: set[socket.socket] = set()  # connections accepted and not yet closed
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        with self._open_lock:
+            still_open = list(self._open)
+        for connection in still_open:
+            try:
+                connection.shutdown(socket.SHUT_RD)  # a handler waiting for a request reads end of file and returns
+            except OSError:  # closed by its handler meanwhile
+                pass
+        super().server_close()
 
 
 def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> DemoServer:
