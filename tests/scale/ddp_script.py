@@ -8,7 +8,7 @@ import sys
 
 from scale_runs import SaveRankParams, StopAt
 
-from lightning_meta.cli import end_distributed
+from lightning_meta.cli import guarded
 from lightning_meta.config import load_config
 from lightning_meta.run import train
 
@@ -16,11 +16,8 @@ from lightning_meta.run import train
 def main(argv: list[str]) -> None:
     stop = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--stop-at=")]
     callbacks = [SaveRankParams(), *(StopAt(step) for step in stop)]
-    try:
-        train(load_config([a for a in argv if not a.startswith("--stop-at=")]), extra_callbacks=callbacks)
-    finally:
-        end_distributed()  # as train.py does: no gloo group left to the interpreter's teardown
+    train(load_config([a for a in argv if not a.startswith("--stop-at=")]), extra_callbacks=callbacks)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(guarded(lambda: main(sys.argv[1:])))  # train.py's entry: one-line errors, the process group closed
