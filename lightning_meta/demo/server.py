@@ -11,6 +11,7 @@ beside this file is used.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 import threading
@@ -114,6 +115,33 @@ class DemoServer(ThreadingHTTPServer):
         super().server_close()
 
 
+def serve_until_interrupted(server: DemoServer, poll: float = 0.1) -> None:
+    """Serve from a worker thread until Ctrl-C or SIGTERM, then stop serving, end open connections, join every thread.
+
+    While serving, SIGINT and SIGTERM only set a flag that the main thread polls, so no KeyboardInterrupt can land
+    inside socketserver: one that landed while it started a handler thread made `server_close` fail in CI. A SIGINT
+    that is ignored (a shell's background job) stays ignored; a second Ctrl-C interrupts the closing. Call from the
+    main thread, as signal handlers need.
+    """
+    stop: list[int] = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, lambda received, frame: stop.append(received))
+    serving = threading.Thread(target=server.serve_forever, name="demo-serve")
+    try:
+        serving.start()
+        while serving.is_alive() and not stop:
+            serving.join(timeout=poll)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)  # a second Ctrl-C interrupts the closing below
+        if serving.ident is not None:  # started
+            server.shutdown()  # returns once serve_forever has ended, at once if it already has
+            serving.join()
+        server.server_close()
+
+
 def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> DemoServer:
     """The demo's server, bound but not yet serving (call `serve_forever`); port 0 picks a free port."""
     return DemoServer((host, port), demo, verbose)
@@ -144,10 +172,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host, port = server.server_address[:2]
     print(f"demo of {own['ckpt_path']} ({demo.ways}-way): open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
     return 0

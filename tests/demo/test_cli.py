@@ -15,7 +15,14 @@ from types import SimpleNamespace
 import pytest
 
 from lightning_meta.demo.fewshot import load_demo
-from lightning_meta.demo.server import DEFAULT_CHECKPOINT, main, make_server, parse_demo_argv
+from lightning_meta.demo.server import (
+    DEFAULT_CHECKPOINT,
+    DemoServer,
+    main,
+    make_server,
+    parse_demo_argv,
+    serve_until_interrupted,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,3 +104,64 @@ def test_closing_the_server_answers_requests_in_flight_and_ends_silent_connectio
     finally:
         silent.close()
         asking.close()
+
+
+def _ask(address) -> bytes:
+    with socket.create_connection(address) as asking:
+        asking.sendall(b"GET /api/info HTTP/1.0\r\n\r\n")
+        return asking.makefile("rb").read()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_handler_starts_still_answers_its_request(stop_signal):
+    starting, answers = threading.Event(), []
+
+    class SlowToStart(DemoServer):  # Ctrl-C while socketserver started a handler thread broke server_close in CI
+        def process_request(self, request, client_address):
+            starting.set()
+            time.sleep(0.3)
+            super().process_request(request, client_address)
+
+    server = SlowToStart(("127.0.0.1", 0), SimpleNamespace(info=lambda: {"ways": 5}))
+    before, terminate_handler = set(threading.enumerate()), signal.getsignal(signal.SIGTERM)
+
+    def ask_then_signal():
+        asking = threading.Thread(target=lambda: answers.append(_ask(server.server_address[:2])))
+        asking.start()
+        starting.wait(10)
+        os.kill(os.getpid(), stop_signal)
+        asking.join(10)
+
+    client = threading.Thread(target=ask_then_signal)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as when run from a terminal
+    try:
+        client.start()
+        serve_until_interrupted(server)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    client.join(timeout=10)
+    assert answers and answers[0].startswith(b"HTTP/1.0 200 ") and answers[0].endswith(b'{"ways": 5}')
+    assert not [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    assert signal.getsignal(signal.SIGTERM) == terminate_handler  # the handlers it set are undone
+
+
+def test_an_ignored_sigint_stays_ignored_and_sigterm_stops():
+    server = make_server(SimpleNamespace(info=lambda: {"ways": 5}), "127.0.0.1", 0)
+    answers = []
+
+    def interrupt_ask_then_terminate():
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        answers.append(_ask(server.server_address[:2]))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    client = threading.Thread(target=interrupt_ask_then_terminate)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job
+    try:
+        client.start()
+        serve_until_interrupted(server)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    client.join(timeout=10)
+    assert answers and answers[0].endswith(b'{"ways": 5}')
