@@ -112,6 +112,19 @@ def _ask(address) -> bytes:
         return asking.makefile("rb").read()
 
 
+def _serve_with_sigint(server, sigint_handler, client) -> None:
+    """`serve_until_interrupted(server)` on this (main) thread with SIGINT set to `sigint_handler`, while `client`
+    runs on another thread and ends it with a signal; SIGINT's handler is restored after."""
+    asking = threading.Thread(target=client)
+    previous = signal.signal(signal.SIGINT, sigint_handler)
+    try:
+        asking.start()
+        serve_until_interrupted(server)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    asking.join(timeout=10)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_a_handler_starts_still_answers_its_request(stop_signal):
     starting, answers = threading.Event(), []
@@ -132,14 +145,7 @@ def test_a_signal_while_a_handler_starts_still_answers_its_request(stop_signal):
         os.kill(os.getpid(), stop_signal)
         asking.join(10)
 
-    client = threading.Thread(target=ask_then_signal)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as when run from a terminal
-    try:
-        client.start()
-        serve_until_interrupted(server)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    client.join(timeout=10)
+    _serve_with_sigint(server, signal.default_int_handler, ask_then_signal)  # as when run from a terminal
     assert answers and answers[0].startswith(b"HTTP/1.0 200 ") and answers[0].endswith(b'{"ways": 5}')
     assert not [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
     assert signal.getsignal(signal.SIGTERM) == terminate_handler  # the handlers it set are undone
@@ -156,12 +162,5 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_stops():
         answers.append(_ask(server.server_address[:2]))
         os.kill(os.getpid(), signal.SIGTERM)
 
-    client = threading.Thread(target=interrupt_ask_then_terminate)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job
-    try:
-        client.start()
-        serve_until_interrupted(server)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    client.join(timeout=10)
+    _serve_with_sigint(server, signal.SIG_IGN, interrupt_ask_then_terminate)  # as in a shell's background job
     assert answers and answers[0].endswith(b'{"ways": 5}')
