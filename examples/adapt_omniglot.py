@@ -15,9 +15,9 @@ import sys
 
 import torch
 
+from lightning_meta.build import load_learner
 from lightning_meta.config import instantiate
 from lightning_meta.data.omniglot import load_omniglot
-from lightning_meta.evaluate import load_learner
 
 HOW_TO = """no checkpoint given. Meta-train one first, e.g.
     python train.py output_dir=outputs/omniglot

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from lightning_meta.algorithms import MAML
+from lightning_meta.errors import ConfigError
 
 
 class ANIL(MAML):
@@ -29,7 +30,7 @@ class ANIL(MAML):
     def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
         super().__init__(backbone, **kwargs)
         if not any(self.adapts(name) for name, _ in backbone.named_parameters()):
-            raise ValueError(f"ANIL adapts the parameters named {self.head_prefix}*, but the backbone has none; "
+            raise ConfigError(f"ANIL adapts the parameters named {self.head_prefix}*, but the backbone has none; "
                              "name the last layer `head` or set ANIL.head_prefix")  # fmt: skip
 
     def adapts(self, name: str) -> bool:

@@ -6,9 +6,11 @@ glibc serves blocks above its mmap threshold (128 KB at start, adjusted upward a
 meta-iteration allocates and frees the same activation sizes over and over (75 query images through Conv4-64 are
 15 MB per layer output), so each one is touched for the first time again: a page fault per 4 KB page, taken inside
 the convolution, batch norm and ReLU kernels. Raising both thresholds once (`mallopt`, what the environment
-variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set) keeps the pages mapped and reused. Measured on
-the 2-core CPU, MAML at 15 queries per class, one meta-iteration of `task_gradients` (`benchmarks/speed.py`
-README section): 990 -> 733 ms. The cost: the process keeps its peak memory instead of handing freed pages back.
+variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set) keeps the pages mapped and reused. What it saves
+is in docs/performance.md ("glibc allocator thresholds"); re-measure it with
+`python -m benchmarks.speed --algorithms maml --queries 15 --rows a --no-memory`, once as is and once with
+LIGHTNING_META_KEEP_MALLOC=1 (glibc's defaults). The cost: the process keeps its peak memory instead of handing
+freed pages back.
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from lightning_meta.config import ConfigError
+from lightning_meta.compat import skip_next_validation, validation_due
+from lightning_meta.errors import ConfigError, DivergenceError
 
 
-class NonFiniteError(ConfigError):
+class NonFiniteError(DivergenceError):
     """Training produced NaN or inf; the message names the step, the quantity and the likely fix."""
 
 
@@ -102,8 +103,7 @@ class LastCheckpoint(pl.Callback):
             # Lightning validates whenever it is asked to stop. Skip that validation unless one is due at this
             # step anyway: a stopped and resumed run then validates, and picks its best checkpoint, at the same
             # steps as an uninterrupted one, and a preemption's grace period is not spent validating.
-            loop = trainer.fit_loop.epoch_loop
-            loop._skip_next_val = not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+            skip_next_validation(trainer, not validation_due(trainer))
             trainer.should_stop = self.stopped = True
             pl.utilities.rank_zero_info(f"Stopped on request at step {trainer.global_step}; resume with "
                                         f"ckpt_path={self.path}")  # fmt: skip
@@ -177,7 +177,8 @@ def likely_fix(pl_module: pl.LightningModule) -> str:
     parts = []
     if inner_lr is not None:
         parts.append(f"lower {inner_key} (now {inner_lr:g})")
-    if algorithm.get("lr") is not None:
-        parts.append(f"lower algorithm.lr (now {algorithm['lr']:g})")
-    parts.append("or set algorithm.grad_clip (e.g. 10)")
+    outer_lr = (algorithm.get("outer") or {}).get("lr")
+    if outer_lr is not None:
+        parts.append(f"lower algorithm.outer.lr (now {outer_lr:g})")
+    parts.append("or set algorithm.outer.grad_clip (e.g. 10)")
     return ", ".join(parts)

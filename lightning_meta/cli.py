@@ -1,6 +1,7 @@
 """The command line around `load_config`: `--help`, `--cfg` (print the composed config and exit), `-m` sweeps, and
-the error policy: every user mistake is one line `error: ...` on stderr and exit status 2, a traceback is kept for
-real bugs (`LIGHTNING_META_DEBUG=1` shows it for user mistakes too).
+the error policy: every user mistake (a `lightning_meta.errors.UserError`) is one line `error: ...` on stderr and exit
+status 2; any other exception is a bug and keeps its traceback (`LIGHTNING_META_DEBUG=1` shows one for a user mistake
+too).
 
 A sweep (`-m seed=0,1,2 algorithm=reptile,fomaml`) composes and validates every combination first, then runs
 them one after another, each in `<output_dir>/<i>_<key=value,...>`, and ends with a table of their test metrics
@@ -25,7 +26,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_meta.config import CONFIG_DIR, GROUPS, NODE_GROUPS, RUN_KEYS, RUN_NODES, ConfigError, load_config
+from lightning_meta.build import resolve_output_dir
+from lightning_meta.config import (
+    CONFIG_DIR,
+    GROUPS,
+    NODE_GROUPS,
+    RUN_KEYS,
+    RUN_NODES,
+    import_target,
+    load_config,
+    signature_params,
+)
+from lightning_meta.errors import ConfigError, UserError
 
 DEBUG_ENV = "LIGHTNING_META_DEBUG"
 USAGE = """usage: python train.py [--help] [--cfg] [-m] [group=name ...] [dotted.key=value ...]
@@ -38,11 +50,12 @@ FLAGS = ("--help", "-h", "--cfg", "-m", "--multirun")
 
 
 def guarded(fn: Callable[[], Any]) -> int:
-    """Run `fn`; a `ConfigError` becomes `error: <message>` on stderr and exit status 2. The process group a
-    distributed run opened is closed before returning (`end_distributed`)."""
+    """Run `fn`; a `UserError` becomes `error: <message>` on stderr and exit status 2, any other exception
+    propagates with its traceback. The process group a distributed run opened is closed before returning
+    (`end_distributed`)."""
     try:
         fn()
-    except ConfigError as error:
+    except UserError as error:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
@@ -54,8 +67,8 @@ def guarded(fn: Callable[[], Any]) -> int:
 
 def end_distributed() -> None:
     """Destroy the default process group, if one is open. Lightning does so at exit for NCCL only; a gloo group
-    left to the interpreter's teardown aborted a rank ("terminate called without an active exception") in about
-    one 2-node CPU run in eight here, and its peer's launcher then waited for it until killed."""
+    left to the interpreter's teardown can abort a rank ("terminate called without an active exception", seen in
+    multi-node CPU runs), and its peer's launcher then waits for it until killed."""
     dist = sys.modules.get("torch.distributed")  # never imported (--help, --cfg): no group to close
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -125,10 +138,8 @@ def arg_docs(target: Any) -> dict[str, str]:
 
 def target_docs(target: Any) -> dict[str, Any]:
     """`arg_docs(target)`, with each dataclass-typed argument (e.g. `inner: InnerLoop`) mapped to its own docs."""
-    from lightning_meta.config import _signature_params
-
     docs: dict[str, Any] = arg_docs(target)
-    for name, param in _signature_params(target).items():
+    for name, param in signature_params(target).items():
         classes = [param.annotation, *typing.get_args(param.annotation)]
         nested = next((c for c in classes if dataclasses.is_dataclass(c)), None)
         if nested is not None:
@@ -150,8 +161,6 @@ def _node_lines(node: Any, where: str, comments: dict[str, str], docs: dict[str,
 
 def help_text(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> str:
     """Usage, the groups and their members, and every key of the selected config with its value and comment."""
-    from lightning_meta.config import _target  # the import-or-explain helper of the config loader
-
     cfg = load_config(argv, config_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)
     lines = [USAGE, "", "groups (the selected member in [brackets]):"]
@@ -170,7 +179,7 @@ def help_text(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> str:
         target = node.get("_target_")
         lines += ["", f"{name} ({source}{f' -> {target}' if target else ': none'}):"]
         notes = yaml_comments(config_dir / source.removeprefix("configs/"), "" if name in RUN_NODES else f"{name}.")
-        docs = target_docs(_target(target)) if target else {}
+        docs = target_docs(import_target(target)) if target else {}
         lines += _node_lines({k: v for k, v in node.items() if k != "_target_"}, name, notes, docs)
     lines += ["", "Any key above can be set as dotted.key=value; trainer.<argument> takes every argument of "
               "pytorch_lightning.Trainer."]  # fmt: skip
@@ -214,6 +223,33 @@ def _label(combo: list[str], swept: list[int]) -> str:
 
 def sweep(argv: Sequence[str], train: Callable[[DictConfig], dict], print_only: bool = False) -> None:
     """Compose every combination, check them all, then run them in turn; print and write the summary table."""
+    base, runs, swept = plan_sweep(argv)
+    if print_only:
+        for combo, cfg in runs:
+            print(f"# {' '.join(combo)}\n{OmegaConf.to_yaml(cfg)}")
+        return
+    for _, cfg in runs:
+        resolve_output_dir(cfg)  # refuses run directories that already hold checkpoints, before any run starts
+    rows = []
+    for combo, cfg in runs:
+        print(f"[sweep] run {len(rows) + 1} of {len(runs)}: {' '.join(combo[i] for i in swept)} -> {cfg.output_dir}")
+        try:
+            rows.append((combo, cfg.output_dir, train(cfg), ""))
+        except UserError as error:  # one failed run (e.g. diverged) does not stop the others
+            print(f"error: {error}", file=sys.stderr)
+            rows.append((combo, cfg.output_dir, {}, str(error)))
+    table = summary_table(rows, swept)
+    print(table)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "sweep.md").write_text(table + "\n")
+    failed = [row for row in rows if row[3]]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} sweep runs failed (see the table above)")
+
+
+def plan_sweep(argv: Sequence[str]) -> tuple[Path, list[tuple[list[str], DictConfig]], list[int]]:
+    """(the sweep's folder, each run's (arguments, composed and checked config), the indices of the swept
+    arguments); nothing is written."""
     if any(a.startswith(("ckpt_path=", "output_dir=")) and "," in a.partition("=")[2] for a in argv):
         raise ConfigError("ckpt_path and output_dir cannot be swept; a sweep gives each run its own output_dir")
     if any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in argv):
@@ -230,29 +266,7 @@ def sweep(argv: Sequence[str], train: Callable[[DictConfig], dict], print_only: 
         cfg = load_config([*combo, f"output_dir={out}"])
         _check_single_process(cfg)
         runs.append((combo, cfg))
-    if print_only:
-        for combo, cfg in runs:
-            print(f"# {' '.join(combo)}\n{OmegaConf.to_yaml(cfg)}")
-        return
-    from lightning_meta.run import resolve_output_dir  # run.py imports this module
-
-    for _, cfg in runs:
-        resolve_output_dir(cfg)  # refuses run directories that already hold checkpoints, before any run starts
-    rows = []
-    for combo, cfg in runs:
-        print(f"[sweep] run {len(rows) + 1} of {len(runs)}: {' '.join(combo[i] for i in swept)} -> {cfg.output_dir}")
-        try:
-            rows.append((combo, cfg.output_dir, train(cfg), ""))
-        except ConfigError as error:  # one failed run (e.g. diverged) does not stop the others
-            print(f"error: {error}", file=sys.stderr)
-            rows.append((combo, cfg.output_dir, {}, str(error)))
-    table = summary_table(rows, swept)
-    print(table)
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "sweep.md").write_text(table + "\n")
-    failed = [row for row in rows if row[3]]
-    if failed:
-        raise ConfigError(f"{len(failed)} of {len(rows)} sweep runs failed (see the table above)")
+    return base, runs, swept
 
 
 def _check_single_process(cfg: DictConfig) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_meta.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("algorithm", "data", "model", "trainer", "logger", "experiment")
 # Groups whose member is a `_target_` node of the composed config (a logger member may be `_target_: null`: none).
@@ -38,10 +40,6 @@ PROVIDED = {
 }
 # What to write instead of a PROVIDED key that has a config of its own.
 INSTEAD = {"trainer.logger": "choose the logger with logger=tensorboard, logger=csv or logger=none"}
-
-
-class ConfigError(ValueError):
-    """A config or command-line mistake; the message says what to change."""
 
 
 def _nearest(word: str, options: Sequence[str]) -> str:
@@ -153,7 +151,7 @@ def fill_defaults(node: DictConfig, provided: Sequence[str] = ()) -> None:
     """Write a `_target_` node's constructor defaults into it for every argument it leaves out (a dataclass default
     as a dict of its fields, also completing a partial dict), so that a YAML lists only what it changes while every
     key can still be overridden and the saved config is complete."""
-    for name, param in _signature_params(_target(node._target_)).items():
+    for name, param in signature_params(import_target(node._target_)).items():
         default = param.default
         if name in provided:
             continue
@@ -169,7 +167,9 @@ def fill_defaults(node: DictConfig, provided: Sequence[str] = ()) -> None:
             node[name] = list(default) if isinstance(default, tuple) else default
 
 
-def _target(path: str) -> Any:
+def import_target(path: str) -> Any:
+    """The callable a `_target_` names (`lightning_meta.algorithms.MAML`); a `ConfigError` when it cannot be
+    imported."""
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
@@ -177,7 +177,7 @@ def _target(path: str) -> Any:
         raise ConfigError(f"_target_ {path!r} cannot be imported ({error}); check the module path") from error
 
 
-def _signature_params(target: Any) -> dict[str, inspect.Parameter]:
+def signature_params(target: Any) -> dict[str, inspect.Parameter]:
     """The keyword arguments `target` accepts. A constructor that passes `**kwargs` on to its parent's is read
     together with the parent's (a subclass lists only the arguments it adds or whose defaults it changes)."""
     chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
@@ -195,7 +195,7 @@ def _signature_params(target: Any) -> dict[str, inspect.Parameter]:
 
 def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> None:
     """Bind a `_target_` node to its callable's signature: every key known, every value of the annotated type."""
-    params = _signature_params(_target(node._target_))
+    params = signature_params(import_target(node._target_))
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for key in node:
         if key == "_target_":
@@ -337,6 +337,6 @@ def _validate(cfg: DictConfig) -> None:
 def instantiate(node: DictConfig | dict, **kwargs: Any) -> Any:
     """Call `node._target_` with the node's other keys (nested `_target_` nodes first) and `kwargs`."""
     spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    target = _target(spec.pop("_target_"))
+    target = import_target(spec.pop("_target_"))
     args = {k: instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in spec.items()}
     return target(**args, **kwargs)

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from lightning_meta import cli
 from lightning_meta.allocator import keep_freed_memory
-from lightning_meta.config import ConfigError, instantiate, override_config, split_own_keys
+from lightning_meta.build import load, run_dir_of, trainer_errors, user_errors
+from lightning_meta.config import instantiate, split_own_keys
+from lightning_meta.errors import ConfigError, DivergenceError
 from lightning_meta.metrics import EpisodeMetrics
-from lightning_meta.resume import check_state_fits, read_checkpoint
-from lightning_meta.run import build, user_errors
 
 EVAL_KEYS = ("ckpt_path", "json_path", "allow_nonfinite")  # arguments of eval.py itself, not config keys
 USAGE = """usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt [json_path=<file>] [allow_nonfinite=true]
@@ -35,35 +35,6 @@ USAGE = """usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt [json_p
   json_path        where to write the report (default: <run>/eval_<checkpoint>_<setting>.json)
   allow_nonfinite  true: report the mean over the finite episodes when some diverge (default: an error)
   dotted.key=value any key of the saved config, e.g. data.test_episodes=10000 algorithm.eval_inner.steps=50"""
-
-
-def load(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConfig, Any, Any]:
-    """(config, datamodule, learner) of a checkpoint, the config overridden, the learner holding the trained
-    meta-weights in eval mode. The datamodule is not set up (no data is read)."""
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = override_config(ckpt["hyper_parameters"]["config"], overrides)
-    with user_errors():
-        datamodule, learner = build(cfg)
-    out_features = cfg.model.get("out_features")
-    if datamodule.task == "classification" and out_features is not None and datamodule.ways > out_features:
-        raise ConfigError(
-            f"data.ways={datamodule.ways} but the checkpoint's network has {out_features} outputs; evaluate "
-            f"with data.ways<={out_features} or meta-train a {datamodule.ways}-way model"
-        )
-    check_state_fits(learner, ckpt, str(ckpt_path))
-    learner.load_state_dict(ckpt["state_dict"])
-    return cfg, datamodule, learner.eval()
-
-
-def load_learner(ckpt_path: str | Path, overrides: Sequence[str] = ()):
-    """A trained learner from a train.py checkpoint, ready for `learner.adapt(support_x, support_y)`.
-
-    Example:
-        learner = load_learner("outputs/run/checkpoints/last.ckpt", ["algorithm.eval_inner.steps=50"])
-        predictor = learner.adapt(support_x, support_y)  # meta-weights untouched
-        labels = predictor.classify(query_x)
-    """
-    return load(ckpt_path, overrides)[2]
 
 
 def figure(metrics: dict[str, float], key: str, task: str) -> str:
@@ -90,13 +61,12 @@ def describe(datamodule, learner, metrics: dict[str, float]) -> str:
 def default_json_path(ckpt_path: str | Path, datamodule, learner) -> Path:
     """`<run>/eval_<checkpoint>_<N>way-<K>shot_<S>steps_<E>ep_<mode>.json` (<run>: checkpoints/'s parent)."""
     ckpt = Path(ckpt_path).resolve()
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     shape = f"{datamodule.shots}shot"
     if datamodule.task == "classification":
         shape = f"{datamodule.ways}way-{shape}"
     mode = "transductive" if learner.transductive else "nontransductive"
     setting = f"{shape}_{learner.eval_inner.steps}steps_{datamodule.test_episodes}ep_{mode}"
-    return run / f"eval_{ckpt.stem}_{setting}.json"
+    return run_dir_of(ckpt) / f"eval_{ckpt.stem}_{setting}.json"
 
 
 def protocol(datamodule, learner) -> dict[str, Any]:
@@ -127,7 +97,7 @@ def writable(path: Path) -> Path:
 def check_finite(metrics: dict[str, float], allow_nonfinite: bool) -> None:
     bad, total = int(metrics.get("test/nonfinite_episodes", 0)), int(metrics.get("test/episodes", 0))
     if bad and not allow_nonfinite:
-        raise ConfigError(
+        raise DivergenceError(
             f"{bad} of {total} test episodes gave a non-finite loss after adaptation (the inner loop diverged); "
             "lower algorithm.eval_inner.lr or algorithm.eval_inner.steps, or add allow_nonfinite=true to report "
             f"the figures over the {total - bad} finite episodes"
@@ -152,8 +122,9 @@ def evaluate(
     path = writable(Path(json_path) if json_path else default_json_path(ckpt_path, datamodule, learner))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     root = str(Path(ckpt_path).parent)
-    with user_errors():
+    with trainer_errors():
         trainer = instantiate(cfg.trainer, callbacks=[], logger=False, default_root_dir=root)
+    with user_errors():
         datamodule.setup("test")  # reads the data now: a missing or corrupt file is a one-line error
     results = trainer.test(learner, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -167,14 +138,19 @@ def evaluate(
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:
-        print(report["summary"])
-        for key in metrics:
-            if "_step" in key and not key.endswith("_ci95"):
-                print(figure(metrics, key, datamodule.task))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_report(report, path, datamodule.task)
     return report
+
+
+def write_report(report: dict, path: Path, task: str) -> None:
+    """Print the summary line and each point of the adaptation curve; write the report to `path` as JSON."""
+    print(report["summary"])
+    for key in report["metrics"]:
+        if "_step" in key and not key.endswith("_ci95"):
+            print(figure(report["metrics"], key, task))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str], bool]:

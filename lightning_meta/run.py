@@ -9,9 +9,7 @@ settings. A failed start therefore leaves no trace; `main` prints its one-line r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,74 +17,17 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import cli
 from lightning_meta.algorithms.scaling import check_trainer
 from lightning_meta.allocator import keep_freed_memory
+from lightning_meta.build import build, resolve_output_dir, trainer_errors, user_errors
 from lightning_meta.callbacks import LastCheckpoint, NonFiniteGuard
-from lightning_meta.config import ConfigError, instantiate
-from lightning_meta.data import fit_model_input
+from lightning_meta.config import instantiate
+from lightning_meta.errors import ConfigError, DivergenceError
 from lightning_meta.metrics import EpisodeMetrics
 from lightning_meta.resume import check_resume_config, check_state_fits, read_checkpoint
 from lightning_meta.review import EvaluationReview
-
-
-def _run_of(ckpt_path: Path) -> Path:
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-
-
-def resolve_output_dir(cfg: DictConfig) -> Path:
-    """The run directory. Refuses a fresh run over another run's checkpoints, and a resume into a directory that
-    holds checkpoints of a run other than the one resumed."""
-    ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
-    if cfg.output_dir:
-        out = Path(cfg.output_dir)
-    elif ckpt is not None:
-        out = _run_of(ckpt)
-    else:
-        out = Path("outputs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    held = sorted((out / "checkpoints").glob("*.ckpt"))
-    if held and ckpt is None:
-        raise ConfigError(
-            f"{out} already holds checkpoints; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'} "
-            "or choose another output_dir"
-        )
-    if held and ckpt.parent != (out / "checkpoints").resolve():
-        raise ConfigError(
-            f"output_dir={out} holds another run's checkpoints ({held[0].name}), which resuming from "
-            f"{cfg.ckpt_path} would overwrite; leave output_dir out to resume into {_run_of(ckpt)}, or give an "
-            "empty output_dir"
-        )
-    return out
-
-
-def build(cfg: DictConfig):
-    """Instantiate (datamodule, learner) from a composed config; the learner carries the config as hparams."""
-    datamodule = instantiate(cfg.data)
-    fit_model_input(cfg.model, datamodule.input_shape())  # the network's input layer follows the data
-    backbone = instantiate(cfg.model)
-    learner = instantiate(cfg.algorithm, backbone=backbone, task=datamodule.task)
-    learner.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
-    return datamodule, learner
-
-
-# Appended to Lightning's own Trainer errors, which name the argument but not where to change it.
-TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trainer.devices=1 fit any machine)"
-
-
-@contextmanager
-def user_errors(hint: str = "") -> Iterator[None]:
-    """Constructors and data readers check their inputs with ValueError (or OSError/RuntimeError for files on
-    disk, MisconfigurationException in Lightning) and a message naming the key: those are the user's to fix.
-    `hint` is appended where the message may not name the key (Lightning's own)."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (ValueError, OSError, RuntimeError, MisconfigurationException) as error:
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"{message}{hint}") from error
 
 
 def callbacks(cfg: DictConfig, out: Path, task: str, validate: bool) -> list[pl.Callback]:
@@ -150,7 +91,7 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
     if logger_node is not None and logger_node.get("_target_") is not None:
         logger = instantiate(logger_node, save_dir=str(out))
     run_callbacks = [*callbacks(cfg, out, datamodule.task, validate), *extra_callbacks]
-    with user_errors(TRAINER_HINT):
+    with trainer_errors():
         trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=logger or False, default_root_dir=str(out))
     check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
     check_run(cfg, datamodule, trainer)
@@ -180,7 +121,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
         logger.log_hyperparams(learner.hparams["config"], metrics, step=trainer.global_step)
     bad = int(metrics.get("test/nonfinite_episodes", 0))
     if bad:
-        raise ConfigError(
+        raise DivergenceError(
             f"{bad} of {int(metrics['test/episodes'])} test episodes gave a non-finite loss after adaptation "
             f"(figures in {out / 'test_metrics.json'} are over the finite ones); the checkpoints are kept: "
             "re-evaluate with eval.py and a lower algorithm.eval_inner.lr or fewer algorithm.eval_inner.steps"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-# Where the real archives are looked for: the repository's own data/omniglot (what `python train.py` reads, e.g. on
-# a user's machine after a first download), then the shared copy next to the repository.
+# Where the real archives are looked for: a folder named by the environment variable (CI sets it), then the
+# repository's own data/omniglot (what `python train.py` reads and downloads into).
+OMNIGLOT_ENV = "LIGHTNING_META_OMNIGLOT"
 LOCAL_OMNIGLOT = REPO / "data" / "omniglot"
-SHARED_OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 
 
@@ -22,22 +22,36 @@ def _has_archives(folder: Path) -> bool:
     return all((folder / name).exists() for name in ARCHIVES)
 
 
+def _link(target: Path, link: Path) -> None:
+    """Make `link` a symlink to `target`, replacing a link to anywhere else (a moved or renamed folder)."""
+    if link.is_symlink():
+        if link.resolve() == target.resolve():
+            return
+        link.unlink()
+    os.symlink(target, link)
+
+
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
-    """A data root holding omniglot/ with the real archives: data/ itself when data/omniglot has them, else a
-    git-ignored data/test_root whose omniglot/ links the shared archives (the decoded cache is written there)."""
+    """A data root holding omniglot/ with the real archives: a git-ignored data/test_root whose omniglot/ links the
+    archives of the folder named by LIGHTNING_META_OMNIGLOT (the decoded cache is written there), else data/ itself
+    when data/omniglot has them. Skips when neither is there; fails when the variable names a folder without them."""
+    named = os.environ.get(OMNIGLOT_ENV)
+    if named:
+        source = Path(named).expanduser().resolve()
+        if not _has_archives(source):
+            pytest.fail(f"{OMNIGLOT_ENV}={named} does not hold {' and '.join(ARCHIVES)}; name a folder that does")
+        root = REPO / "data" / "test_root"
+        (root / "omniglot").mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVES:
+            _link(source / name, root / "omniglot" / name)
+        return root
     if _has_archives(LOCAL_OMNIGLOT):
         return LOCAL_OMNIGLOT.parent
-    if not _has_archives(SHARED_OMNIGLOT):
-        pytest.skip(f"the real Omniglot archives are neither in {LOCAL_OMNIGLOT} nor in {SHARED_OMNIGLOT}")
-    root = REPO / "data" / "test_root"
-    folder = root / "omniglot"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVES:
-        link = folder / name
-        if not link.exists():
-            os.symlink(SHARED_OMNIGLOT / name, link)
-    return root
+    pytest.skip(
+        f"the real Omniglot archives ({' and '.join(ARCHIVES)}) are not in {LOCAL_OMNIGLOT}; set {OMNIGLOT_ENV} to a "
+        "folder holding them"
+    )
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

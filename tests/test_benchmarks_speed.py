@@ -1,30 +1,16 @@
-"""benchmarks/speed.py: the smoke run's table, the reference rows' meta-gradients, the preset adapter."""
+"""benchmarks.speed: the smoke run's table, the reference rows' meta-gradients, the preset reading."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks.speed import cli, peers, reference
+from benchmarks.speed.presets import Inner, Setting, inner_settings, preset_settings
 from lightning_meta.config import load_config
 from lightning_meta.data.episode import Episode
 from lightning_meta.models import Conv4
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("benchmarks_speed", REPO / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 def _number(cell: str) -> float:
@@ -45,8 +31,8 @@ def _table(text: str, title: str) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[2:]
 
 
-def test_quick_run_prints_a_well_formed_table(speed, omniglot_root, capsys):
-    results = speed.main(["--quick", "--algorithms", "fomaml", "--root", str(omniglot_root)])
+def test_quick_run_prints_a_well_formed_table(omniglot_root, capsys):
+    results = cli.main(["--quick", "--algorithms", "fomaml", "--root", str(omniglot_root)])
     out = capsys.readouterr().out
 
     head, body = _table(out, "ms per meta-iteration")
@@ -85,9 +71,9 @@ def _meta_batch(tasks: int = 3, ways: int = 3, shots: int = 2, queries: int = 2,
     )
 
 
-def _setting(speed, algorithm: str, steps=2, lr=0.4, batch_size=None, optimizer="sgd"):
-    inner = speed.Inner(steps, lr, batch_size, optimizer)
-    return speed.Setting(algorithm, inner, lr=1e-3, optimizer="adam", lam=2.0, cg_steps=3)
+def _setting(algorithm: str, steps=2, lr=0.4, batch_size=None, optimizer="sgd"):
+    inner = Inner(steps, lr, batch_size, optimizer)
+    return Setting(algorithm, inner, lr=1e-3, optimizer="adam", lam=2.0, cg_steps=3)
 
 
 @pytest.mark.parametrize(
@@ -100,13 +86,13 @@ def _setting(speed, algorithm: str, steps=2, lr=0.4, batch_size=None, optimizer=
         ("imaml", dict(steps=3, lr=0.1)),
     ],
 )
-def test_plain_loop_and_torch_func_rows_compute_the_same_meta_gradient(speed, algorithm, inner):
+def test_plain_loop_and_torch_func_rows_compute_the_same_meta_gradient(algorithm, inner):
     """(b) and (c) agree in float64 on one meta-batch, so neither reference row skips work the other does."""
     torch.manual_seed(0)
     model = Conv4(out_features=3, hidden=4, image_size=8).double()
-    s, batch = _setting(speed, algorithm, **inner), _meta_batch()
-    plain = speed.plain_meta_grad(s, model, batch)
-    func = speed.func_meta_grad(s, model, batch)
+    s, batch = _setting(algorithm, **inner), _meta_batch()
+    plain = reference.plain_meta_grad(s, model, batch)
+    func = reference.func_meta_grad(s, model, batch)
     assert plain.keys() == func.keys() == dict(model.named_parameters()).keys()
     for name in plain:
         if s.inner.optimizer == "adam" and name in CONV_BIASES:
@@ -116,17 +102,17 @@ def test_plain_loop_and_torch_func_rows_compute_the_same_meta_gradient(speed, al
 
 
 @pytest.mark.parametrize("inner_state", ["carried", "batched"])
-def test_reptile_rows_carry_the_inner_adam_state_alike(speed, inner_state):
+def test_reptile_rows_carry_the_inner_adam_state_alike(inner_state):
     """Over two meta-batches (b)'s torch.optim.Adam and (c)'s functional state agree, and the state matters."""
     torch.manual_seed(0)
     model = Conv4(out_features=3, hidden=4, image_size=8).double()
-    s = speed.Setting("reptile", speed.Inner(3, 0.01, 4, "adam"), lr=1.0, optimizer="sgd", inner_state=inner_state)
-    plain_ctx, func_ctx = speed.plain_context(s, model), speed.func_context(s, model)
-    fresh = speed.plain_meta_grad(speed.Setting("reptile", s.inner, 1.0, "sgd"), model, _meta_batch())
+    s = Setting("reptile", Inner(3, 0.01, 4, "adam"), lr=1.0, optimizer="sgd", inner_state=inner_state)
+    plain_ctx, func_ctx = reference.plain_context(s, model), reference.func_context(s, model)
+    fresh = reference.plain_meta_grad(Setting("reptile", s.inner, 1.0, "sgd"), model, _meta_batch())
     for seed in (0, 1):
         batch = _meta_batch() if seed == 0 else Episode(*(f.flip(0) for f in _meta_batch()))
-        plain = speed.plain_meta_grad(s, model, batch, plain_ctx)
-        func = speed.func_meta_grad(s, model, batch, func_ctx)
+        plain = reference.plain_meta_grad(s, model, batch, plain_ctx)
+        func = reference.func_meta_grad(s, model, batch, func_ctx)
         for name in plain:
             if name not in CONV_BIASES:
                 torch.testing.assert_close(plain[name], func[name], rtol=1e-9, atol=1e-12, msg=name)
@@ -134,22 +120,20 @@ def test_reptile_rows_carry_the_inner_adam_state_alike(speed, inner_state):
     assert not torch.allclose(plain[weight], fresh[weight])  # the second meta-batch started from a used state
 
 
-def test_maml_rows_keep_the_second_order_terms(speed):
+def test_maml_rows_keep_the_second_order_terms():
     torch.manual_seed(0)
     model = Conv4(out_features=3, hidden=4, image_size=8).double()
     batch = _meta_batch()
-    first = speed.plain_meta_grad(_setting(speed, "fomaml"), model, batch)
-    second = speed.plain_meta_grad(_setting(speed, "maml"), model, batch)
+    first = reference.plain_meta_grad(_setting("fomaml"), model, batch)
+    second = reference.plain_meta_grad(_setting("maml"), model, batch)
     assert max((first[k] - second[k]).abs().max().item() for k in first) > 1e-6
 
 
-def test_adapter_reads_the_flat_and_the_nested_inner_layout(speed):
-    flat = OmegaConf.create(dict(inner_lr=0.4, inner_steps=1, inner_batch_size=None, inner_optimizer="sgd"))
-    nested = OmegaConf.create(
+def test_inner_settings_read_the_nested_inner_node():
+    node = OmegaConf.create(
         dict(inner=dict(steps=5, lr=1e-3, batch_size=10, optimizer="adam"), eval_inner=dict(steps=50, lr=None))
     )
-    assert speed.inner_settings(flat) == speed.Inner(1, 0.4, None, "sgd")
-    assert speed.inner_settings(nested) == speed.Inner(5, 1e-3, 10, "adam")
+    assert inner_settings(node) == Inner(5, 1e-3, 10, "adam")
 
 
 @pytest.mark.parametrize(
@@ -161,21 +145,21 @@ def test_adapter_reads_the_flat_and_the_nested_inner_layout(speed):
         ("imaml", (16, 0.1, None, "sgd"), "adam"),
     ],
 )
-def test_preset_settings_read_the_paper_presets(speed, algorithm, inner, optimizer):
-    s = speed.preset_settings(load_config([f"experiment={algorithm}_omniglot_5w1s"]))
-    assert (s.algorithm, s.inner, s.optimizer) == (algorithm, speed.Inner(*inner), optimizer)
+def test_preset_settings_read_the_paper_presets(algorithm, inner, optimizer):
+    s = preset_settings(load_config([f"experiment={algorithm}_omniglot_5w1s"]))
+    assert (s.algorithm, s.inner, s.optimizer) == (algorithm, Inner(*inner), optimizer)
     if algorithm == "imaml":
         assert (s.lam, s.cg_steps, s.cg_damping) == (2.0, 5, 0.0)
 
 
 @pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
-def test_higher_row_computes_the_plain_loop_meta_gradient(speed, algorithm):
+def test_higher_row_computes_the_plain_loop_meta_gradient(algorithm):
     pytest.importorskip("higher")
     torch.manual_seed(0)
     model = Conv4(out_features=3, hidden=4, image_size=8).double()
-    s, batch = _setting(speed, algorithm), _meta_batch()
-    s = speed.Setting(s.algorithm, s.inner, lr=0.0, optimizer="sgd")  # the step leaves the meta-gradient in .grad
-    reference = speed.plain_meta_grad(s, model, batch)
-    speed.higher_step(s, model)(batch)
+    s, batch = _setting(algorithm), _meta_batch()
+    s = Setting(s.algorithm, s.inner, lr=0.0, optimizer="sgd")  # the step leaves the meta-gradient in .grad
+    expected = reference.plain_meta_grad(s, model, batch)
+    peers.higher_step(s, model)(batch)
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, reference[name], rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-9, atol=1e-12, msg=name)

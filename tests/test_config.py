@@ -41,8 +41,8 @@ def test_cli_unknown_key_exits_with_the_nearest_key(tmp_path):
         (["trainer.max_steps=1.5"], "trainer.max_steps=1.5 has the wrong type; pytorch_lightning.Trainer "
                                     "expects int"),
         (["trainer.precision=bf17"], "trainer.precision='bf17' has the wrong type"),
-        (["algorithm.grad_clp=3"], "unknown key algorithm.grad_clp for lightning_meta.algorithms."
-                                   "Reptile; did you mean grad_clip"),
+        (["algorithm.chunk_sise=3"], "unknown key algorithm.chunk_sise for lightning_meta.algorithms."
+                                   "Reptile; did you mean chunk_size"),
         (["seed=abc"], "seed='abc' has the wrong type; expected int"),
         (["data.ways"], "cannot read argument 'data.ways'; write key=value"),
         (["sed=3"], "unknown key sed; did you mean seed"),

@@ -174,8 +174,8 @@ def test_bad_checkpoint_files(kind, words, script, run_copy, tmp_path, capsys, s
             ["trained with algorithm=reptile", "add algorithm=reptile"],
             id="resume-other-algorithm",
         ),
-        pytest.param(["algorithm.optimizer=adam"], ["algorithm.optimizer"], id="resume-outer-optimizer"),
-        pytest.param(["algorithm.lr_final=null"], ["algorithm.lr_final"], id="resume-schedule"),
+        pytest.param(["algorithm.outer.optimizer=adam"], ["algorithm.outer.optimizer"], id="resume-outer-optimizer"),
+        pytest.param(["algorithm.outer.lr_final=null"], ["algorithm.outer.lr_final"], id="resume-schedule"),
     ],
 )
 def test_resume_that_does_not_fit_the_checkpoint(argv, words, run_copy, tmp_path, capsys, snapshot):

@@ -10,7 +10,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_meta.config import CONFIG_DIR, PROVIDED, _signature_params, _target, check_node, instantiate, load_config
+from lightning_meta.config import (
+    CONFIG_DIR,
+    PROVIDED,
+    check_node,
+    import_target,
+    instantiate,
+    load_config,
+    signature_params,
+)
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.run import train
 
@@ -32,8 +40,8 @@ def test_group_yaml_mirrors_its_constructor_and_instantiates(group, name, tmp_pa
     cfg = load_config([f"{group}={name}"])  # composes and validates every node
     node = cfg[group]
     check_node(node, group, PROVIDED.get(group, ()))
-    target = _target(node._target_)
-    params = _signature_params(target)  # with **kwargs, the parents' arguments too
+    target = import_target(node._target_)
+    params = signature_params(target)  # with **kwargs, the parents' arguments too
     if group in ("data", "model"):  # configs mirror constructors: every argument is written down once
         missing = set(params) - {"self", *PROVIDED.get(group, ())} - set(node)
         assert not missing, f"configs/{group}/{name}.yaml lacks {sorted(missing)}"
@@ -45,7 +53,7 @@ def test_group_yaml_mirrors_its_constructor_and_instantiates(group, name, tmp_pa
             assert key == "_target_" or value != default, f"configs/{group}/{name}.yaml repeats the default {key}"
         assert set(params) - {"self", *PROVIDED[group]} <= set(node), "the binder fills every argument in"
     if group == "algorithm":
-        task = _target(cfg.data._target_).task
+        task = import_target(cfg.data._target_).task
         learner = instantiate(node, backbone=instantiate(cfg.model), task=task)
         for key in node:
             if key != "_target_":

@@ -1,14 +1,13 @@
 """MetaLearner: the meta-training loop every gradient-based meta-learner shares.
 
-Adapt fast weights to each task's support set (`inner_loop`, driven by an `InnerLoop` value), turn the result into
-a meta-gradient for the meta-parameters (`meta_gradient`), average over the meta-batch, and hand the average to
-Lightning through a surrogate loss so that DDP all-reduces it, precision plugins scale it and `clip_gradients`
-clips it.
+Adapt fast weights to each task's support set (the hooks of `Adaptation`, driven by an `InnerLoop` value), turn the
+result into a meta-gradient for the meta-parameters (`meta_gradient`), average over the meta-batch, and hand the
+average to Lightning through a surrogate loss so that DDP all-reduces it, precision plugins scale it and
+`clip_gradients` clips it; one step of the `OuterLoop`'s optimizer follows. docs/architecture.md gives the design.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -18,21 +17,26 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_meta.algorithms import batching as paths
+from lightning_meta.algorithms.adaptation import Adaptation
 from lightning_meta.algorithms.batching import PATHS
 from lightning_meta.algorithms.evaluation import Evaluation
 from lightning_meta.algorithms.functional import Params, loss_and_metric
-from lightning_meta.algorithms.inner import InnerLoop, Lr, declared_default, inner_loop_from
+from lightning_meta.algorithms.inner import InnerLoop, declared_default, settings_from
+from lightning_meta.algorithms.outer import OuterLoop
 from lightning_meta.algorithms.scaling import check_trainer, scaled_grad
+from lightning_meta.compat import attached_trainer
 from lightning_meta.data.episode import Episode
+from lightning_meta.errors import CheckpointError, ConfigError
 from lightning_meta.metrics import EpisodeMetrics
 
 TaskFn = Callable[[Params, Episode], tuple]
 DEFAULT_INNER = InnerLoop()  # one SGD step at 0.01; each algorithm sets its paper's
+DEFAULT_OUTER = OuterLoop()  # Adam at 1e-3
 
 
-class MetaLearner(Evaluation, pl.LightningModule):
-    """Base class: subclasses override `meta_gradient`, and the finer hooks (`adapts`, `inner_lr`,
-    `inner_objective`, `initial_state`) where adaptation differs.
+class MetaLearner(Adaptation, Evaluation, pl.LightningModule):
+    """Base class: subclasses override `meta_gradient`, and the inner-loop hooks of `Adaptation` (`adapts`,
+    `inner_lr`, `inner_objective`, `initial_state`, `inner_iterates`/`inner_trajectory`) where adaptation differs.
 
     The meta-parameters are the backbone's parameters (named as in the backbone) plus any `nn.Parameter` the
     subclass registers on itself (named by module path, e.g. Meta-SGD's `inner_lrs.<name>`): all are in
@@ -44,16 +48,14 @@ class MetaLearner(Evaluation, pl.LightningModule):
         inner: the inner loop of meta-training: an `InnerLoop`, or a dict of its fields (those left out keep the
             class's default).
         eval_inner: the inner loop at evaluation, likewise (None: `inner`).
-        lr: outer learning rate (Reptile: the meta step size epsilon).
-        lr_final: anneal `lr` linearly to this value over `trainer.max_steps` (None: constant).
-        optimizer: outer optimizer, "adam" or "sgd".
+        outer: the outer loop (learning rate, its annealing, optimizer, meta-gradient clipping): an `OuterLoop`,
+            or a dict of its fields.
         batching: "vmap" runs the meta-batch as one vmap over tasks, "loop" one task at a time (equal results;
             "loop" uses far less memory), "auto" (default) picks per call from the per-task batch sizes, see
             algorithms/batching.py.
         chunk_size: tasks per vmap chunk (None: all at once) to bound memory.
         transductive: predict the query set as one batch (batch-norm statistics from the queries, the papers'
             setting); False predicts each query together with the support set only (Reptile's definition).
-        grad_clip: clip the meta-gradient to this norm (None: no clipping).
         eval_curve_steps: also score the queries after each of these inner-step counts at evaluation, logged as
             `val/<metric>_step<K>`, `test/<metric>_step<K>` (MAML's sine protocol: [1, 5, 10]).
     """
@@ -64,44 +66,38 @@ class MetaLearner(Evaluation, pl.LightningModule):
         task: str = "classification",
         inner: InnerLoop = DEFAULT_INNER,
         eval_inner: InnerLoop | None = None,
-        lr: float = 1e-3,
-        lr_final: float | None = None,
-        optimizer: str = "adam",
+        outer: OuterLoop = DEFAULT_OUTER,
         batching: str = "auto",
         chunk_size: int | None = None,
         transductive: bool = True,
-        grad_clip: float | None = None,
         eval_curve_steps: list[int] | None = None,
     ) -> None:
         super().__init__()
-        choices = dict(task=(task, ("classification", "regression")), optimizer=(optimizer, ("adam", "sgd")),
-                       batching=(batching, PATHS))  # fmt: skip
-        for name, (value, allowed) in choices.items():
+        for name, value, allowed in (("task", task, ("classification", "regression")), ("batching", batching, PATHS)):
             if value not in allowed:
-                raise ValueError(f"algorithm.{name}={value!r}; choose one of {', '.join(allowed)}")
+                raise ConfigError(f"algorithm.{name}={value!r}; choose one of {', '.join(allowed)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"algorithm.chunk_size={chunk_size}; use null (all tasks at once) or 1 or more")
         if any(int(k) != k or k < 0 for k in eval_curve_steps or ()):
-            raise ValueError(f"algorithm.eval_curve_steps={eval_curve_steps}; give inner-step counts >= 0")
+            raise ConfigError(f"algorithm.eval_curve_steps={eval_curve_steps}; give inner-step counts >= 0")
         self.save_hyperparameters(ignore=["backbone"])
         self.automatic_optimization = False
         self.backbone, self.task = backbone, task
-        self.inner = inner_loop_from(inner, declared_default(type(self), "inner"), "inner")
+        self.inner = settings_from(inner, declared_default(type(self), "inner"), "inner")
         eval_default = declared_default(type(self), "eval_inner") or self.inner
-        self.eval_inner = inner_loop_from(self.inner if eval_inner is None else eval_inner, eval_default, "eval_inner")
+        self.eval_inner = settings_from(self.inner if eval_inner is None else eval_inner, eval_default, "eval_inner")
+        self.outer = settings_from(outer, declared_default(type(self), "outer"), "outer")
         # Checkpoints hold plain containers (they load with weights_only=True).
-        self.hparams.update(inner=asdict(self.inner), eval_inner=asdict(self.eval_inner))
-        self.lr, self.lr_final, self.optimizer_name = lr, lr_final, optimizer
-        self.batching, self.chunk_size = batching, chunk_size
-        self.transductive, self.grad_clip = transductive, grad_clip
+        self.hparams.update(inner=asdict(self.inner), eval_inner=asdict(self.eval_inner), outer=asdict(self.outer))
+        self.batching, self.chunk_size, self.transductive = batching, chunk_size, transductive
         self.eval_curve_steps = tuple(int(k) for k in eval_curve_steps or ())
         self.val_metrics = EpisodeMetrics(task, self.eval_curve_steps)
         self.test_metrics = EpisodeMetrics(task, self.eval_curve_steps)
         self._backbone_names = tuple(name for name, _ in backbone.named_parameters())
 
-    # Whether the algorithm is correct under bf16-mixed/16-mixed; `check_trainer` refuses it otherwise.
-    mixed_precision: bool = True
+    mixed_precision: bool = True  # correct under bf16-mixed/16-mixed? `check_trainer` refuses it otherwise
     mixed_precision_note: str = ""
-    # Static loss scale of the per-task functional gradients under 16-mixed; see algorithms/scaling.py.
-    inner_loss_scale: float = 2.0**10
+    inner_loss_scale: float = 2.0**10  # static loss scale of per-task gradients under 16-mixed (scaling.py)
 
     def setup(self, stage: str) -> None:
         check_trainer(self.trainer, self)  # train.py checks before fit already; this covers any other Trainer
@@ -109,7 +105,7 @@ class MetaLearner(Evaluation, pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning loads the weights before its precision plugin converts the module (64-true: to float64), so
         # a float64 checkpoint would be rounded through float32 on resume. Convert first.
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             self.trainer.precision_plugin.convert_module(self)
 
     @classmethod
@@ -117,11 +113,11 @@ class MetaLearner(Evaluation, pl.LightningModule):
         """A learner from a train.py checkpoint, backbone included: rebuilt from the run's saved config (with
         `overrides` as `dotted.key=value` strings, e.g. `**{"algorithm.eval_inner.steps": "100"}`), weights loaded.
         Works from any algorithm class; the checkpoint's own must be `cls` or a subclass of it."""
-        from lightning_meta.evaluate import load_learner  # evaluate imports the algorithms
+        from lightning_meta.build import load_learner  # build reaches the algorithms through `_target_` only
 
         learner = load_learner(checkpoint_path, [f"{k}={v}" for k, v in overrides.items()])
         if not isinstance(learner, cls):
-            raise TypeError(f"{checkpoint_path} holds a {type(learner).__name__}, not a {cls.__name__}")
+            raise CheckpointError(f"{checkpoint_path} holds a {type(learner).__name__}, not a {cls.__name__}")
         return learner.to(map_location) if map_location is not None else learner
 
     # ----------------------------------------------------------------- functional building blocks
@@ -149,80 +145,31 @@ class MetaLearner(Evaluation, pl.LightningModule):
     def scaled_grad(self, fn: Callable, has_aux: bool = False) -> Callable:
         """`torch.func.grad(fn)` for per-task losses: under 16-mixed the loss is scaled by `inner_loss_scale`
         and the gradient unscaled in fp32 (exact, second-order safe); otherwise plain `grad`."""
-        trainer_precision = getattr(self._trainer, "precision", None)
+        trainer_precision = getattr(attached_trainer(self), "precision", None)
         return scaled_grad(fn, self.inner_loss_scale if trainer_precision == "16-mixed" else 1.0, has_aux)
-
-    # ----------------------------------------------------------------- inner-loop hooks
-    def adapts(self, name: str) -> bool:
-        """Whether the inner loop moves meta-parameter `name` (default: every backbone parameter; ANIL: the head)."""
-        return name in self._backbone_names
-
-    def inner_lr(self, params: Params, loop: InnerLoop) -> Lr:
-        """The inner step size: `loop.lr`, or one tensor per adapted weight (Meta-SGD's learned step sizes)."""
-        return loop.lr
-
-    def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: InnerLoop) -> Tensor:
-        """What the inner loop minimises on a support batch: the support loss (iMAML adds a proximal term)."""
-        return self.loss(phi, x, y)[0]
-
-    def initial_state(self, loop: InnerLoop):
-        """The inner optimizer's state a task starts from (None: fresh; Reptile may carry a trained one)."""
-        return None
-
-    def inner_iterates(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
-        """The inner loop step by step: yields (fast, optimizer state) at the start and after each of `loop.steps`
-        optimizer steps on `inner_objective` from `state` (None: fresh); fast holds the adapted weights only.
-        Shapes: support_x (N*K, *x), support_y (N*K,)."""
-        fast = {k: v for k, v in params.items() if self.adapts(k)}
-        optimizer, lr = loop.make_optimizer(), self.inner_lr(params, loop)
-        state = optimizer.init(fast) if state is None else state
-        objective = lambda f, x, y: self.inner_objective({**params, **f}, params, x, y, loop)
-        yield fast, state
-        for step in range(loop.steps):
-            x, y = loop.batch(step, support_x, support_y)
-            fast, state = optimizer.step(fast, self.scaled_grad(objective)(fast, x, y), state, lr)
-            yield fast, state
-
-    def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop, state=None):
-        """(phi, final optimizer state) of `inner_iterates`; phi holds every meta-parameter, the adapted ones moved.
-        No graph is kept unless the caller differentiates through it (MAML runs this under `torch.func.grad`)."""
-        fast, state = deque(self.inner_iterates(params, support_x, support_y, loop, state), maxlen=1)[0]
-        return {**params, **fast}, state
-
-    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loop: InnerLoop | None = None):
-        """The fast weights phi of one task under `loop` (default: `inner`), from `initial_state(loop)`."""
-        loop = self.inner if loop is None else loop
-        return self.inner_trajectory(params, support_x, support_y, loop, self.initial_state(loop))[0]
 
     def meta_gradient(self, params: Params, episode: Episode) -> tuple[Params, dict[str, Tensor]]:
         """For one task: (the meta-gradient w.r.t. every entry of `params`, {"query_loss", "query_metric"})."""
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- batching paths
     def map_tasks(self, fn: TaskFn, params: Params, batch: Episode):
         """A per-task function over the leading task dimension, outputs stacked on dim 0, by the path `batching`
-        resolves to for this batch (`auto`: algorithms/batching.py). Every path takes the outer gradient inside the
-        per-task function (exact even with batch norm under vmap, see ARCHITECTURE.md traps)."""
+        resolves to for this batch; the outer gradient is taken inside the per-task function on every path."""
         path = self.batching_path(batch)
         if path == "split":  # only `task_gradients` splits; any other function takes what the sizes say without it
             path = paths.resolve(self.batching, batch, examples=self.vmap_examples(batch))
         return paths.map_tasks(fn, params, batch, path, self.chunk_size)
 
     def batching_path(self, batch: Episode) -> str:
-        """The path `batching` resolves to for this meta-batch ("vmap", "loop", or "split" for a learner whose
-        `splits_inner()`; algorithms/batching.py)."""
-        low = getattr(self._trainer, "precision", "32-true") in ("16-mixed", "bf16-mixed")
+        """The path `batching` resolves to for this meta-batch: "vmap", "loop" or "split" (algorithms/batching.py)."""
+        low = getattr(attached_trainer(self), "precision", "32-true") in ("16-mixed", "bf16-mixed")
         return paths.resolve(self.batching, batch, low, self.vmap_examples(batch), self.splits_inner())
 
     def splits_inner(self) -> bool:
-        """Whether `batching=auto` may take the "split" path (algorithms/batching.py): only a learner whose
-        `task_gradients` implements it for its own inner loop says yes (MAML with SGD steps, FOMAML, iMAML)."""
+        """Whether `batching=auto` may take the "split" path: only a learner whose `task_gradients` implements
+        it for its own hooks says yes (FOMAML, MAML with SGD steps, iMAML)."""
         return False
-
-    def query_gradients_per_task(self, fast: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
-        """(query-loss gradients, metrics) of per-task fast weights (leading task dimension), one task at a time:
-        the "split" paths' query pass, which holds one task's large query graph at a time."""
-        query = self.scaled_grad(self.query_objective, has_aux=True)
-        return paths.map_tasks(query, fast, batch, "loop", per_task_params=True)
 
     def vmap_examples(self, batch: Episode) -> int:
         """The per-task batch size by which `batching=auto` chooses vmap or the loop on CPU: the larger of the
@@ -231,8 +178,7 @@ class MetaLearner(Evaluation, pl.LightningModule):
 
     # ----------------------------------------------------------------- training
     def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
-        """Per-task meta-gradients and metrics of a meta-batch, stacked on dim 0 (Reptile's carried inner state
-        overrides this to thread the state through the tasks)."""
+        """Per-task meta-gradients and metrics of a meta-batch, stacked on dim 0."""
         return self.map_tasks(self.meta_gradient, params, batch)
 
     def training_step(self, batch: Episode, batch_idx: int) -> Tensor | None:
@@ -248,17 +194,6 @@ class MetaLearner(Evaluation, pl.LightningModule):
         self.log(f"train/query_{EpisodeMetrics.metric_name(self.task)}", metric, **log)
         return loss
 
-    def log_query_metrics(self, fast: Params, episode: Episode) -> dict[str, Tensor]:
-        """Query scores of adapted weights for the training log alone (Reptile's, the gradient-combination
-        study's, whose meta-gradients do not need the query set), as one batch: {} on a training step whose log
-        Lightning will not write (on-step values are written every `trainer.log_every_n_steps` steps, the test
-        Lightning's own LearningRateMonitor makes), since scoring costs a forward pass per task. Always taken
-        outside a Trainer's fit."""
-        trainer = self._trainer
-        if trainer is not None and trainer.training and not trainer._logger_connector.should_update_logs:
-            return {}
-        return self.query_metrics(fast, episode, transductive=True)
-
     def apply_meta_gradient(self, meta_grad: Params) -> None:
         """One outer step with `meta_grad` as the gradient, routed through `manual_backward` (DDP, AMP, clipping)."""
         opt = self.optimizers()
@@ -271,17 +206,9 @@ class MetaLearner(Evaluation, pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Inside opt.step(): after DDP all-reduced the meta-gradient and the 16-mixed GradScaler unscaled it.
-        if self.grad_clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        if self.outer.grad_clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.outer.grad_clip, gradient_clip_algorithm="norm")
 
-    # ----------------------------------------------------------------- optimizers
     def configure_optimizers(self):
-        params = list(self.meta_parameters().values())
-        opt = (torch.optim.SGD if self.optimizer_name == "sgd" else torch.optim.Adam)(params, lr=self.lr)
-        if self.lr_final is None:
-            return opt
-        total = max(int(self.trainer.max_steps), 1)
-        final = self.lr_final / self.lr if self.lr else 0.0
-        anneal = lambda step: 1.0 - (1.0 - final) * min(step / total, 1.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, anneal)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        steps = self.trainer.max_steps if self.outer.lr_final is not None else None  # the annealing's length
+        return self.outer.configure(list(self.meta_parameters().values()), steps)

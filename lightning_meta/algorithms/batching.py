@@ -1,23 +1,21 @@
 """How a meta-batch runs: one `vmap` over the task dimension (optionally in chunks), one task at a time, or `auto`,
 which picks one of the two per call from the per-task batch sizes.
 
-Why `auto` decides by size (measured on the 2-core CPU, Omniglot 5-way 1-shot, Conv4-64, meta-batch 32, 2 threads;
-ratios from interleaved repeats in one process, `benchmarks/batching.py`): once the inner step has given every task
-its own weights, vmap runs each convolution as one grouped convolution over the tasks. With a few images per task
-(5 support + 5 query) that is ~2.9x faster than the per-task loop (FOMAML 81 vs 241 ms); with 15 queries per class
-(75 query images per task) the grouped convolution is ~2x *slower* than the loop (FOMAML 1135 vs 563 ms). The rule is
-deterministic (a pure function of the batch's shapes and device), so a resumed run takes the same path as the
-uninterrupted one and stays bit-identical without saving the choice. The size it decides by is the learner's
-`vmap_examples(batch)`: the larger of the support and query sets, except for iMAML, whose inner steps and
-conjugate-gradient products all run on the support set (15 queries per class: vmap 2676 ms, loop 5314 ms), and
-Reptile, whose inner steps pass mini-batches and whose queries only feed the log (batched inner state: vmap 82 ms,
-loop 107 ms). Where
-the support sets are small and the query sets large, FOMAML, MAML and iMAML take "split" (`splits_inner()`): the
-inner loops in one vmap, the query gradients one task at a time (15 queries, train.py: FOMAML 531 -> 468 ms, MAML
-746 -> 594 ms, iMAML 2580 -> 2090 ms per meta-iteration; README, Performance). A per-task function without a split
-path (evaluation) takes what the sizes say without it. On accelerators `auto` takes vmap (one launch instead of T;
-an H200 runs FOMAML's paper preset in 12 ms vmapped against 164 ms one task at a time, benchmarks/speed.py), and
+Why `auto` decides by size: once the inner step has given every task its own weights, vmap runs each convolution
+as one grouped convolution over the tasks. With a few images per task that beats the per-task loop by a wide
+margin; with 15 queries per class (75 query images per task) the grouped convolution is slower than the loop
+(`python -m benchmarks.batching`; figures in docs/performance.md). The rule is deterministic (a pure function of
+the batch's shapes and device), so a resumed run takes the same path as the uninterrupted one and stays
+bit-identical without saving the choice. The size it decides by is the learner's `vmap_examples(batch)`: the
+larger of the support and query sets, except for iMAML, whose inner steps and conjugate-gradient products all run
+on the support set, and Reptile, whose inner steps pass mini-batches and whose queries only feed the log. Where the
+support sets are small and the query sets large, FOMAML, MAML and iMAML take "split" (`splits_inner()`): the inner
+loops in one vmap, the query gradients one task at a time. A per-task function without a split path (evaluation)
+takes what the sizes say without it. On accelerators `auto` takes vmap (one launch instead of one per task), and
 under mixed precision the loop.
+
+Every path computes what the per-task loop computes, for any subclass: vmap and the loop run the same per-task
+function, and a split path is taken only for a learner whose hooks it honours (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ PATHS = ("vmap", "loop", "auto")
 
 # `auto` on CPU runs vmap while the largest per-task batch that passes through per-task weights (support or
 # query images of one task) is at most this many examples; the loop beyond it. At Conv4-64 / 28x28 vmap still wins
-# at 15 query images (FOMAML 1.24x, 1 thread) and the loop at 25 (FOMAML 1.28x; MAML is near even there, vmap 1.09x):
-# benchmarks/batching.py fomaml maml --set data.queries=3 (and =5).
+# at 15 query images and the loop at 25 (`python -m benchmarks.batching fomaml maml --set data.queries=3`, and =5;
+# docs/performance.md).
 AUTO_VMAP_MAX_EXAMPLES = 20
 
 
@@ -78,7 +76,7 @@ def map_tasks(
     paths' fast weights).
 
     "vmap" takes every per-task function, outer gradient included, inside the vmap (exact with batch norm, see
-    ARCHITECTURE.md traps); "loop" runs the tasks one at a time and writes each output into a preallocated
+    docs/architecture.md); "loop" runs the tasks one at a time and writes each output into a preallocated
     stack (no list of per-task outputs next to the stacked copy).
     """
     if path == "vmap":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lightning_meta.algorithms.adaptation import overridden
 from lightning_meta.algorithms.functional import Params, detach
 from lightning_meta.algorithms.maml import MAML
 from lightning_meta.data.episode import Episode
@@ -30,6 +31,15 @@ class FOMAML(MAML):
         return self.scaled_grad(self.query_objective, has_aux=True)(fast, episode)
 
     def splits_inner(self) -> bool:
-        """FOMAML's own meta-gradient, with any inner optimizer: no graph links its inner loop to the query, so
-        `MAML.task_gradients` can run the loops apart (a subclass's own `meta_gradient` runs per task)."""
-        return type(self).meta_gradient is FOMAML.meta_gradient
+        """No graph links FOMAML's inner loop to its query gradient, so the split path (`task_gradients`) is
+        `meta_gradient` itself cut in two halves that call the same hooks: it honours every inner-loop hook and
+        any inner optimizer. A learner that overrides `meta_gradient` runs it per task instead."""
+        return not overridden(self, FOMAML, ("meta_gradient",))
+
+    def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
+        """As `meta_gradient` per task. On the "split" path (`batching=auto` on CPU with small support sets and
+        large query sets) the inner loops (`inner_loop`) run in one vmap over the support sets, then each task's
+        query gradient at its adapted weights one task at a time."""
+        if self.batching_path(batch) != "split":
+            return super().task_gradients(params, batch)
+        return self.query_gradients_per_task(self.adapted_per_task(params, batch), batch)

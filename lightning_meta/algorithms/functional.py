@@ -51,24 +51,41 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return num / torch.where(den == 0, torch.ones_like(den), den)
 
 
-def conjugate_gradient(matvec, b: Params, steps: int, damping: float = 0.0) -> Params:
+def conjugate_gradient(matvec, b: Params, steps: int, damping: float = 0.0, truncate: bool = False) -> Params:
     """Approximately solve (A + damping * I) x = b for symmetric positive definite A, given only v -> A v.
 
     Runs exactly `steps` iterations from x = 0 (no data-dependent control flow, so it runs inside `vmap`);
     in exact arithmetic n steps solve an n-dimensional system. Tensors of any shape; `b` is a dict of them.
 
+    With `truncate` (A may be indefinite: a Newton step on a non-convex loss) it stops at the first search direction
+    p with p^T A p <= 0, written as a mask: the iterate so far is kept and every later step is zero; if that
+    happens at the first step the result is b itself (steepest descent). x^T b > 0 always, so -x is a descent
+    direction of the quadratic model; for positive definite A the result is the plain iteration's.
+
     References:
         Hestenes, Stiefel. Methods of Conjugate Gradients for Solving Linear Systems. J. Res. NBS, 1952.
+        Nocedal, Wright. Numerical Optimization, 2nd ed., 2006, Algorithm 7.1 (truncated CG).
     """
     x = {k: torch.zeros_like(v) for k, v in b.items()}
     r, p = b, b  # residual b - A x and search direction, both b at x = 0
     rr = dot(r, r)
+    positive = torch.ones_like(rr, dtype=torch.bool)  # with `truncate`: no negative curvature met yet
     for _ in range(steps):
-        ap = axpy(damping, p, matvec(p))  # (A + damping I) p
-        alpha = _ratio(rr, dot(p, ap))
+        ap = axpy(damping, p, matvec(p)) if damping else matvec(p)  # (A + damping I) p
+        pap = dot(p, ap)
+        alpha, beta = _ratio(rr, pap), None
+        if truncate:
+            positive = positive & (pap > 0)
+            alpha = torch.where(positive, alpha, torch.zeros_like(rr))
         x = axpy(alpha, p, x)
         r = axpy(-alpha, ap, r)
         rr_next = dot(r, r)
-        p = axpy(_ratio(rr_next, rr), p, r)  # r + beta p
+        beta = _ratio(rr_next, rr)
+        if truncate:
+            beta = torch.where(positive, beta, torch.zeros_like(rr))
+        p = axpy(beta, p, r)  # r + beta p
         rr = rr_next
-    return x
+    if not truncate:
+        return x
+    stuck = dot(x, x) == 0  # negative curvature along b itself (or b = 0, where b is the answer too)
+    return {k: torch.where(stuck, b[k], x[k]) for k in x}

@@ -9,8 +9,11 @@ from torch import nn
 
 from lightning_meta.algorithms.functional import Params
 from lightning_meta.algorithms.inner import InnerLoop
+from lightning_meta.algorithms.logged_queries import logged_query_metrics
+from lightning_meta.algorithms.outer import OuterLoop
 from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.data.episode import Episode
+from lightning_meta.errors import ConfigError
 
 # The study's shared settings (supervised-reptile README, "Comparing different inner-loop gradient combinations":
 # --sgd --inner-batch 25 --learning-rate 0.0003 --eval-batch 25 --eval-iters 5). Its TensorFlow loss is the *sum*
@@ -18,6 +21,7 @@ from lightning_meta.data.episode import Episode
 # step of 0.0003 on the sum of 25 losses is a step of 0.0003 * 25 = 0.0075 on their mean.
 STUDY_INNER = InnerLoop(steps=2, lr=0.0075, batch_size=25, optimizer="sgd")
 STUDY_EVAL_INNER = InnerLoop(steps=5, lr=0.0075, batch_size=25, optimizer="sgd")
+STUDY_OUTER = OuterLoop(lr=0.25, lr_final=0.0, optimizer="sgd")
 SCALES = ("sum", "mean")
 
 
@@ -27,7 +31,7 @@ class GradientCombination(Reptile):
 
     With the inner SGD of step size alpha, phi_{i-1} - phi_i = alpha g_i, g_i the mini-batch gradient at phi_{i-1}:
     the meta-gradient is alpha sum_i g_i ("sum") or alpha / |combination| sum_i g_i ("mean"), and the outer SGD at
-    `lr` epsilon steps theta <- theta - epsilon * meta-gradient (annealed to `lr_final`, as Reptile). So
+    `outer.lr` epsilon steps theta <- theta - epsilon * meta-gradient (annealed to `outer.lr_final`, as Reptile). So
     - every step, "sum", is Reptile: theta - phi_k (for any inner optimizer);
     - [1] with one step is joint training (SGD on the mixture of tasks);
     - [k] with k steps is supervised-reptile's `--foml`: the last step phi_{k-1} - phi_k, i.e. alpha times
@@ -42,7 +46,7 @@ class GradientCombination(Reptile):
             query set every episode has; 19 shots + 1 query, pooled, give the README's 4 disjoint batches of 25).
         inner: the training inner loop; default the study's 2 SGD steps at 0.0075 on mini-batches of 25.
         eval_inner: the evaluation inner loop; default the study's 5 SGD steps at 0.0075 on the support set.
-        lr: the meta step size epsilon, annealed to `lr_final` (0) as Reptile; the study's 0.25.
+        outer: the outer SGD; the study's meta step size epsilon 0.25, annealed to 0 as Reptile.
         inner_state: as Reptile; "fresh" (plain SGD has no state to carry).
         transductive: as MetaLearner; False, as the study's commands (no --transductive).
 
@@ -56,7 +60,7 @@ class GradientCombination(Reptile):
         *,
         inner: InnerLoop = STUDY_INNER,
         eval_inner: InnerLoop = STUDY_EVAL_INNER,
-        lr: float = 0.25,
+        outer: OuterLoop = STUDY_OUTER,
         combination: list[int] | None = None,
         scale: str = "sum",
         pool_queries: bool = False,
@@ -64,17 +68,17 @@ class GradientCombination(Reptile):
         transductive: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, inner=inner, eval_inner=eval_inner, lr=lr, inner_state=inner_state,
+        super().__init__(backbone, inner=inner, eval_inner=eval_inner, outer=outer, inner_state=inner_state,
                          transductive=transductive, **kwargs)  # fmt: skip
         steps = self.inner.steps
         chosen = list(range(1, steps + 1)) if combination is None else [int(i) for i in combination]
         if not chosen or len(set(chosen)) != len(chosen) or not all(1 <= i <= steps for i in chosen):
-            raise ValueError(
+            raise ConfigError(
                 f"algorithm.combination={combination}; give distinct inner steps between 1 and "
                 f"algorithm.inner.steps={steps} (e.g. [1, 2]), or null for every step"
             )
         if scale not in SCALES:
-            raise ValueError(f"algorithm.scale={scale!r}; choose one of {', '.join(SCALES)}")
+            raise ConfigError(f"algorithm.scale={scale!r}; choose one of {', '.join(SCALES)}")
         weight = 1.0 / len(chosen) if scale == "mean" else 1.0
         self.pool_queries = pool_queries
         self.weights = tuple(weight if i in chosen else 0.0 for i in range(1, steps + 1))  # per inner step
@@ -93,5 +97,5 @@ class GradientCombination(Reptile):
                 combined.update({k: combined[k] + weight * (fast[k] - moved[k]) for k in fast})
             fast, state = moved, end
         # Logging only, as Reptile (with pool_queries the queries were trained on).
-        metrics = self.log_query_metrics({**params, **fast}, episode)
+        metrics = logged_query_metrics(self, {**params, **fast}, episode)
         return combined, metrics, state

@@ -9,11 +9,13 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
+from lightning_meta.algorithms.adaptation import overridden
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, axpy, conjugate_gradient, detach, squared_distance
 from lightning_meta.algorithms.inner import InnerLoop
 from lightning_meta.algorithms.newton import newton_cg_step
 from lightning_meta.data.episode import Episode
+from lightning_meta.errors import ConfigError
 
 SOLVERS = ("gd", "hf")
 
@@ -63,7 +65,7 @@ class ProximalLoop(InnerLoop):
         }
         for name, (bad, hint) in problems.items():
             if bad:
-                raise ValueError(f"algorithm.{where}.{name}={getattr(self, name)!r}; use {hint}")
+                raise ConfigError(f"algorithm.{where}.{name}={getattr(self, name)!r}; use {hint}")
         return super().check(where)
 
 
@@ -109,9 +111,9 @@ class IMAML(MetaLearner):
     ) -> None:
         super().__init__(backbone, inner=inner, eval_inner=eval_inner, **kwargs)
         if self.inner.lam <= 0:
-            raise ValueError(f"algorithm.inner.lam={self.inner.lam}; it must be positive (the paper uses 2.0)")
+            raise ConfigError(f"algorithm.inner.lam={self.inner.lam}; it must be positive (the paper uses 2.0)")
         if cg_steps < 1 or cg_damping < 0:
-            raise ValueError("algorithm.cg_steps must be at least 1 and algorithm.cg_damping 0 or more")
+            raise ConfigError("algorithm.cg_steps must be at least 1 and algorithm.cg_damping 0 or more")
         self.cg_steps, self.cg_damping = cg_steps, cg_damping
 
     def inner_trajectory(self, params: Params, support_x: Tensor, support_y: Tensor, loop: ProximalLoop, state=None):
@@ -128,8 +130,8 @@ class IMAML(MetaLearner):
 
     def vmap_examples(self, batch: Episode) -> int:
         """The support set's size: `inner.steps` steps and `cg_steps` Hessian-vector products pass through it, the
-        query set once, so `batching=auto` chooses vmap or the loop by it (15 queries per class, CPU: vmap 2676
-        ms, loop 5314 ms per meta-iteration at the paper preset; `task_gradients` splits there instead)."""
+        query set once, so `batching=auto` chooses vmap or the loop by it (`task_gradients` splits where the query
+        sets are large; docs/performance.md)."""
         return batch.support_x.shape[1]
 
     def inner_objective(self, phi: Params, theta: Params, x: Tensor, y: Tensor, loop: ProximalLoop) -> Tensor:
@@ -151,20 +153,18 @@ class IMAML(MetaLearner):
         return conjugate_gradient(matvec, query_grad, self.cg_steps, self.cg_damping)
 
     def splits_inner(self) -> bool:
-        """iMAML's own meta-gradient: phi enters it without a graph, so `task_gradients` can run the inner loops
-        and the conjugate-gradient solves apart from the query gradients (a subclass's `meta_gradient` runs as
-        written)."""
-        return type(self).meta_gradient is IMAML.meta_gradient
+        """iMAML's own meta-gradient: phi enters it without a graph, so `task_gradients` runs it in three parts
+        that call the same hooks (a learner that overrides `meta_gradient` runs it per task instead)."""
+        return not overridden(self, IMAML, ("meta_gradient",))
 
     def task_gradients(self, params: Params, batch: Episode) -> tuple[Params, dict[str, Tensor]]:
         """As `meta_gradient` per task. On the "split" path (`batching=auto` on CPU with small support sets and
         large query sets) the inner loops run in one vmap, each task's query gradient one task at a time, then
         the conjugate-gradient solves (all on the support sets) in one vmap: the tasks' large query graphs are
-        never held together (15 queries per class, 2-core CPU; README, Performance)."""
+        never held together (docs/performance.md)."""
         if self.batching_path(batch) != "split":
             return super().task_gradients(params, batch)
-        adapt = lambda p, x, y: detach(self.inner_loop(p, x, y, self.inner))
-        phi = vmap(adapt, in_dims=(None, 0, 0), chunk_size=self.chunk_size)(params, *batch[:2])
+        phi = self.adapted_per_task(params, batch)
         query_grads, metrics = self.query_gradients_per_task(phi, batch)
         solve = vmap(self.implicit_gradient, chunk_size=self.chunk_size)
         return solve(phi, query_grads, *batch[:2]), metrics

@@ -18,6 +18,7 @@ from torch._C._functorch import maybe_current_level
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from lightning_meta.algorithms.functional import Params
+from lightning_meta.errors import ConfigError
 
 Lr = float | Params  # one step size, or one per tensor (element-wise, as Meta-SGD's learned step sizes)
 
@@ -53,6 +54,18 @@ class SGD:
         return {k: fast[k] - lr * grads[k] for k in fast}, state
 
 
+def _root(v: Tensor) -> Tensor:
+    """sqrt(v) for Adam's denominator, with derivative 0 at v = 0 where a graph is kept: the same value, and a
+    finite second-order meta-gradient through Adam steps (MAML with `inner.optimizer=adam`). At step 1,
+    v = (1 - beta2) g^2 is 0 wherever g is 0 (a dead unit, an unused weight); sqrt's infinite derivative there,
+    times dv/dg = 0, makes the whole meta-gradient NaN. sqrt(v) = sqrt(1 - beta2) |g| there, and 0 is the
+    symmetric subgradient of |g| at g = 0."""
+    if not v.requires_grad:  # nothing differentiates through it: the plain root
+        return v.sqrt()
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
 class Adam:
     """Adam with beta1 = 0 (the Reptile paper's inner optimizer), bitwise `torch.optim.Adam(betas=(0, beta2))`:
     v <- beta2 v + (1 - beta2) g^2; fast <- fast - lr g / (sqrt(v) / sqrt(1 - beta2^t) + eps), with torch's
@@ -60,6 +73,7 @@ class Adam:
 
     The state is (t, v): the step count as a 0-dim tensor and the second moments, one tensor per fast weight.
     TensorFlow's Adam (supervised-reptile) puts eps outside the bias correction: the two differ by eps-sized terms.
+    Differentiated through (second-order MAML), the root's derivative at v = 0 is taken as 0 (`_root`).
     """
 
     def __init__(self, beta2: float = 0.999, eps: float = 1e-8) -> None:
@@ -79,7 +93,7 @@ class Adam:
         if _foreach_ok(fast, grads, v) and not isinstance(lr, dict):
             return self._foreach_step(fast, grads, v, t, root, lr)
         v = {k: torch.addcmul(self.beta2 * v[k], grads[k], grads[k], value=1 - self.beta2) for k in v}
-        denominator = {k: v[k].sqrt() / root + self.eps for k in v}
+        denominator = {k: _root(v[k]) / root + self.eps for k in v}
         if isinstance(lr, dict):
             return {k: fast[k] - lr[k] * grads[k] / denominator[k] for k in fast}, (t, v)
         return {k: torch.addcdiv(fast[k], grads[k], denominator[k], value=-lr) for k in fast}, (t, v)
@@ -119,7 +133,7 @@ class InnerLoop:
     optimizer: str = "sgd"
 
     def check(self, where: str) -> InnerLoop:
-        """Raise a ValueError naming the config key (`algorithm.<where>.<field>`) of a value out of range."""
+        """Raise a ConfigError naming the config key (`algorithm.<where>.<field>`) of a value out of range."""
         problems = {
             "steps": self.steps < 0 or int(self.steps) != self.steps,
             "lr": not self.lr >= 0,
@@ -130,7 +144,7 @@ class InnerLoop:
                  "optimizer": " or ".join(OPTIMIZERS)}  # fmt: skip
         for field, bad in problems.items():
             if bad:
-                raise ValueError(f"algorithm.{where}.{field}={getattr(self, field)!r}; use {hints[field]}")
+                raise ConfigError(f"algorithm.{where}.{field}={getattr(self, field)!r}; use {hints[field]}")
         return self
 
     def replace(self, **changes) -> InnerLoop:
@@ -156,20 +170,21 @@ class InnerLoop:
         return support_x[idx], support_y[idx]
 
 
-def inner_loop_from(value: InnerLoop | dict | None, default: InnerLoop, where: str) -> InnerLoop:
-    """An `InnerLoop` from a config value: an instance, a dict of its fields (missing ones from `default`), or None
-    (`default`). Dataclass subclasses (iMAML's `ProximalLoop`) follow `default`'s class."""
+def settings_from(value, default, where: str):
+    """A settings value (`InnerLoop`, `OuterLoop`) from a config value: an instance, a dict of its fields (missing
+    ones from `default`), or None (`default`), checked. Dataclass subclasses (iMAML's `ProximalLoop`) follow
+    `default`'s class."""
     if value is None:
-        loop = default
-    elif isinstance(value, InnerLoop):
-        loop = value
+        settings = default
+    elif isinstance(value, type(default)) or dataclasses.is_dataclass(value):
+        settings = value
     else:
         fields = {f.name for f in dataclasses.fields(default)}
         unknown = sorted(set(value) - fields)
         if unknown:
-            raise ValueError(f"unknown key algorithm.{where}.{unknown[0]}; valid: {', '.join(sorted(fields))}")
-        loop = dataclasses.replace(default, **value)
-    return loop.check(where)
+            raise ConfigError(f"unknown key algorithm.{where}.{unknown[0]}; valid: {', '.join(sorted(fields))}")
+        settings = dataclasses.replace(default, **value)
+    return settings.check(where)
 
 
 def declared_default(cls: type, name: str):

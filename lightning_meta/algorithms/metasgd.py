@@ -10,6 +10,7 @@ from torch import nn
 from lightning_meta.algorithms.functional import Params
 from lightning_meta.algorithms.inner import InnerLoop
 from lightning_meta.algorithms.maml import MAML
+from lightning_meta.errors import ConfigError
 
 
 class MetaSGD(MAML):
@@ -25,7 +26,7 @@ class MetaSGD(MAML):
     def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
         super().__init__(backbone, **kwargs)
         if self.inner.optimizer != "sgd":
-            raise ValueError(f"algorithm.inner.optimizer={self.inner.optimizer!r}: Meta-SGD learns SGD step sizes; "
+            raise ConfigError(f"algorithm.inner.optimizer={self.inner.optimizer!r}: Meta-SGD learns SGD step sizes; "
                              "use algorithm.inner.optimizer=sgd")  # fmt: skip
         self.inner_lrs = nn.ParameterDict({
             _key(name): nn.Parameter(torch.full_like(p.detach(), self.inner.lr))

@@ -10,7 +10,7 @@ Nocedal and Wright), or its iterates turn uphill. The Hessian of iMAML's inner o
 eigenvalues from -24 to 139 on the tests' Conv4 (batch norm, float64) even with lam = 2 added; on Omniglot 5-way
 1-shot with Conv4-64 (8 tasks, step sizes 1, 1/2, 1/4, 1/8), 3 Newton steps of 5 plain CG steps took the objective
 from 1.65 to 0.93, of the truncated CG below to 0.26. So the CG here is `functional.conjugate_gradient` with that
-stop, written as a mask.
+stop (`truncate=True`), written as a mask.
 
 References:
     Martens. Deep learning via Hessian-free optimization. ICML 2010.
@@ -25,39 +25,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, jvp
 
-from lightning_meta.algorithms.functional import Params, axpy, dot
-
-
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """num / den, and 0 where den == 0 (a solved system has zero residual and search direction)."""
-    return num / torch.where(den == 0, torch.ones_like(den), den)
-
-
-def truncated_conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int) -> Params:
-    """Approximately solve A x = b by `steps` CG steps from x = 0, stopping at the first search direction p with
-    p^T A p <= 0 (the iterate so far is kept; every later step is masked to zero). If that happens at the first
-    step, the result is b itself (steepest descent, the line search picks its length). For positive definite A
-    this is `functional.conjugate_gradient` exactly; x^T b > 0 always, so -x is a descent direction.
-
-    References:
-        Nocedal, Wright. Numerical Optimization, 2nd ed., 2006, Algorithm 7.1.
-    """
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    r, p = b, b  # residual b - A x and search direction, both b at x = 0
-    rr = dot(r, r)
-    positive = torch.ones_like(rr, dtype=torch.bool)  # no negative curvature met yet
-    for _ in range(steps):
-        ap = matvec(p)
-        pap = dot(p, ap)
-        positive = positive & (pap > 0)
-        alpha = torch.where(positive, _ratio(rr, pap), torch.zeros_like(rr))
-        x = axpy(alpha, p, x)
-        r = axpy(-alpha, ap, r)
-        rr_next = dot(r, r)
-        p = axpy(torch.where(positive, _ratio(rr_next, rr), torch.zeros_like(rr)), p, r)  # r + beta p
-        rr = rr_next
-    stuck = dot(x, x) == 0  # negative curvature along b itself (or b = 0, where b is the answer too)
-    return {k: torch.where(stuck, b[k], x[k]) for k in x}
+from lightning_meta.algorithms.functional import Params, axpy, conjugate_gradient
 
 
 def newton_direction(objective: Callable[[Params], Tensor], point: Params, cg_steps: int) -> tuple[Params, Tensor]:
@@ -65,7 +33,7 @@ def newton_direction(objective: Callable[[Params], Tensor], point: Params, cg_st
     Costs one gradient and `cg_steps` Hessian-vector products."""
     gradient, value = grad_and_value(objective)(point)
     hvp = lambda v: jvp(grad(objective), (point,), (v,))[1]  # H v at `point`, forward-over-reverse
-    return truncated_conjugate_gradient(hvp, gradient, cg_steps), value.detach()
+    return conjugate_gradient(hvp, gradient, cg_steps, truncate=True), value.detach()
 
 
 def line_search(objective: Callable[[Params], Tensor], point: Params, direction: Params, value: Tensor,

@@ -11,20 +11,26 @@ from torch.utils._pytree import tree_map
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.functional import Params, subtract
 from lightning_meta.algorithms.inner import InnerLoop, StateBuffers
+from lightning_meta.algorithms.logged_queries import logged_query_metrics
+from lightning_meta.algorithms.outer import OuterLoop
+from lightning_meta.compat import attached_trainer
 from lightning_meta.data.episode import Episode
+from lightning_meta.errors import ConfigError
 
 # The paper's Omniglot setting: 5 Adam(beta1=0) steps at 1e-3 on mini-batches of 10 in meta-training, 50 steps on
 # the whole (5-image) support set at evaluation (supervised-reptile: --inner-iters 5 --inner-batch 10
 # --learning-rate 0.001 --eval-iters 50 --eval-batch 5).
 REPTILE_INNER = InnerLoop(steps=5, lr=1e-3, batch_size=10, optimizer="adam")
 REPTILE_EVAL_INNER = InnerLoop(steps=50, lr=1e-3, optimizer="adam")
+# Outer SGD at the meta step size 1.0, annealed linearly to 0 (--meta-step 1 --meta-step-final 0).
+REPTILE_OUTER = OuterLoop(lr=1.0, lr_final=0.0, optimizer="sgd")
 INNER_STATES = ("carried", "batched", "fresh")
 
 
 class Reptile(MetaLearner):
     """Reptile: k inner steps on support mini-batches; the meta-gradient is theta - phi_k.
 
-    With outer SGD at lr epsilon (the meta step size, annealed linearly to `lr_final`) the update is
+    With outer SGD at `outer.lr` epsilon (the meta step size, annealed linearly to `outer.lr_final`) the update is
     theta <- theta + epsilon * mean_i(phi_i - theta), the paper's batched Algorithm 2. The query set only feeds
     the training log.
 
@@ -54,16 +60,13 @@ class Reptile(MetaLearner):
         *,
         inner: InnerLoop = REPTILE_INNER,
         eval_inner: InnerLoop = REPTILE_EVAL_INNER,
-        lr: float = 1.0,
-        lr_final: float | None = 0.0,
-        optimizer: str = "sgd",
+        outer: OuterLoop = REPTILE_OUTER,
         inner_state: str = "batched",
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, inner=inner, eval_inner=eval_inner, lr=lr, lr_final=lr_final,
-                         optimizer=optimizer, **kwargs)  # fmt: skip
+        super().__init__(backbone, inner=inner, eval_inner=eval_inner, outer=outer, **kwargs)
         if inner_state not in INNER_STATES:
-            raise ValueError(f"algorithm.inner_state={inner_state!r}; choose one of {', '.join(INNER_STATES)}")
+            raise ConfigError(f"algorithm.inner_state={inner_state!r}; choose one of {', '.join(INNER_STATES)}")
         self.inner_state = inner_state
         adapted = {k: v for k, v in self.params().items() if self.adapts(k)}
         self.carried = StateBuffers(self.inner.make_optimizer().init(adapted)) if inner_state != "fresh" else None
@@ -95,8 +98,7 @@ class Reptile(MetaLearner):
     def vmap_examples(self, batch: Episode) -> int:
         """The examples one inner step passes through a task's weights: `inner.batch_size` (`eval_inner`'s in
         evaluation), at most the support set. The query set only feeds the log, once per task on logged steps, so
-        `batching=auto` does not decide by it (the paper's 50 support images in mini-batches of 10 with
-        `inner_state=batched`, 2-core CPU: vmap 82 ms, loop 107 ms per meta-iteration; README, Performance)."""
+        `batching=auto` does not decide by it (docs/performance.md)."""
         loop = self.inner if self.training else self.eval_inner
         support = batch.support_x.shape[1]
         return support if loop.batch_size is None else min(loop.batch_size, support)
@@ -106,9 +108,9 @@ class Reptile(MetaLearner):
         fast, state = self.inner_trajectory(params, episode.support_x, episode.support_y, self.inner, state)
         # The query set only feeds the training log: scored as one batch whatever `transductive` says (the
         # per-query non-transductive path would cost as much as the inner loop itself), on logged steps only.
-        return subtract(params, fast), self.log_query_metrics(fast, episode), state
+        return subtract(params, fast), logged_query_metrics(self, fast, episode), state
 
     def _mean_over_ranks(self, state):
-        if self._trainer is None or self.trainer.world_size == 1:
+        if attached_trainer(self) is None or self.trainer.world_size == 1:
             return state
         return tree_map(lambda s: self.trainer.strategy.reduce(s, reduce_op="mean"), state)

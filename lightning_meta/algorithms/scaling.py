@@ -25,7 +25,8 @@ from torch._C._functorch import maybe_current_level
 from torch.func import grad
 from torch.utils._pytree import tree_map
 
-from lightning_meta.config import ConfigError
+from lightning_meta.compat import uses_distributed_sampler
+from lightning_meta.errors import ConfigError
 
 SUPPORTED_PRECISION = ("32-true", "64-true", "bf16-mixed", "16-mixed")
 MIXED_PRECISION = ("bf16-mixed", "16-mixed")
@@ -38,7 +39,7 @@ def scaled_grad(fn: Callable, scale: float, has_aux: bool = False) -> Callable:
     differentiating through it -- second-order MAML, Hessian-vector products -- stays exact; with a power of
     two the division is lossless in fp32. Outside any torch.func transform (the per-task loop) and with a dict
     first argument it is computed by `torch.autograd.grad` instead, the same derivative with less per-call
-    overhead (measured: torch.func's wrapping costs 1.1-1.5x at Conv4 sizes); a graph is kept when the dict is
+    overhead (torch.func wraps every tensor; docs/performance.md); a graph is kept when the dict is
     part of an enclosing autograd graph, so MAML differentiates through it there too.
     """
     functional = (
@@ -76,7 +77,10 @@ def _unscaled(scaled: Callable, scale: float, has_aux: bool) -> Callable:
 def _autograd_grad(fn: Callable, scale: float, has_aux: bool, args: tuple):
     first = args[0]
     outer = any(v.requires_grad for v in first.values())  # inside an enclosing autograd graph: keep ours
-    leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in first.items()}
+    # Each input becomes a node of its own (a view), so that the gradient is the partial derivative of `fn` in
+    # that argument: `autograd.grad` w.r.t. a tensor from which another input was computed (ProtoMAML's head,
+    # computed from the body's weights) would otherwise add the path through that other input.
+    leaves = {k: v.view_as(v) if v.requires_grad else v.detach().requires_grad_() for k, v in first.items()}
     with torch.enable_grad():
         out = fn(leaves, *args[1:])
         loss, aux = out if has_aux else (out, None)
@@ -108,7 +112,7 @@ def check_trainer(trainer: Any, learner: Any, requested_precision: Any = None) -
     if trainer.gradient_clip_val:
         problems.append(
             f"trainer.gradient_clip_val={trainer.gradient_clip_val}: the meta-learner clips the "
-            f"meta-gradient itself; set algorithm.grad_clip={trainer.gradient_clip_val} and "
+            f"meta-gradient itself; set algorithm.outer.grad_clip={trainer.gradient_clip_val} and "
             "trainer.gradient_clip_val=null"
         )
     if trainer.validate_loop.inference_mode:
@@ -116,7 +120,7 @@ def check_trainer(trainer: Any, learner: Any, requested_precision: Any = None) -
             "trainer.inference_mode=true: evaluation adapts to each task's support set, which needs "
             "autograd; set trainer.inference_mode=false"
         )
-    if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+    if trainer.world_size > 1 and uses_distributed_sampler(trainer):
         problems.append(
             f"trainer.use_distributed_sampler=true with {trainer.world_size} processes: the data module "
             "already gives each process its own tasks; set trainer.use_distributed_sampler=false"

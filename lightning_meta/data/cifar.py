@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.cache import cached
 from lightning_meta.data.folder import SPLITS
 from lightning_meta.data.images import ImageDataModule, class_table
 from lightning_meta.data.splits import CIFAR_FS, FC100
+from lightning_meta.errors import DataError
 
 ARCHIVE = "cifar-100-python.tar.gz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -38,10 +38,10 @@ def download_cifar100(archive: Path) -> None:
                 out.write(chunk)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        raise ConfigError(f"could not download {URL} ({error}); {fix}") from error
+        raise DataError(f"could not download {URL} ({error}); {fix}") from error
     if digest.hexdigest() != MD5:
         partial.unlink()
-        raise ConfigError(f"the download of {URL} has md5 {digest.hexdigest()}, not {MD5}; run again or {fix}")
+        raise DataError(f"the download of {URL} has md5 {digest.hexdigest()}, not {MD5}; run again or {fix}")
     partial.replace(archive)
 
 
@@ -63,7 +63,7 @@ def _members(source: Path) -> dict[str, dict]:
         with tarfile.open(source, "r:gz") as tar:
             return {name: _unpickle(tar.extractfile(f"cifar-100-python/{name}")) for name in MEMBERS}
     except (KeyError, OSError, tarfile.TarError, EOFError, zlib.error, pickle.UnpicklingError) as error:
-        raise ConfigError(
+        raise DataError(
             f"{source} is not a readable CIFAR-100 python archive ({type(error).__name__}: {error}); it must hold "
             f"cifar-100-python/train, test and meta (md5 {MD5}): delete it to download it again"
         ) from error
@@ -76,11 +76,17 @@ def read_cifar100(source: Path) -> dict:
     "coarse_names"}.
     """
     parts = _members(source)
-    images = np.concatenate([np.asarray(parts[s]["data"], dtype=np.uint8) for s in ("train", "test")])
-    labels = {
-        k: torch.tensor([*parts["train"][f"{k}_labels"], *parts["test"][f"{k}_labels"]]) for k in ("fine", "coarse")
-    }
-    names = {k: [_text(n) for n in parts["meta"][f"{k}_label_names"]] for k in ("fine", "coarse")}
+    try:
+        images = np.concatenate([np.asarray(parts[s]["data"], dtype=np.uint8) for s in ("train", "test")])
+        labels = {
+            k: torch.tensor([*parts["train"][f"{k}_labels"], *parts["test"][f"{k}_labels"]]) for k in ("fine", "coarse")
+        }
+        names = {k: [_text(n) for n in parts["meta"][f"{k}_label_names"]] for k in ("fine", "coarse")}
+    except (KeyError, TypeError, ValueError) as error:  # members of that name holding something else
+        raise DataError(
+            f"{source} holds cifar-100-python/train, test and meta, but not as the CIFAR-100 python version writes "
+            f"them ({type(error).__name__}: {error}); replace it with the original archive (md5 {MD5})"
+        ) from error
     return {
         "images": torch.from_numpy(images).view(-1, 3, 32, 32),  # rows are 1024 red, 1024 green, 1024 blue
         **labels,
@@ -116,9 +122,7 @@ class CIFAR100FewShot(ImageDataModule):
             return self.root
         if not archive.is_file():
             if not self.download:
-                raise ConfigError(
-                    f"{archive} does not exist; copy {ARCHIVE} (md5 {MD5}) there or set data.download=true"
-                )
+                raise DataError(f"{archive} does not exist; copy {ARCHIVE} (md5 {MD5}) there or set data.download=true")
             download_cifar100(archive)
         return archive
 
@@ -144,7 +148,7 @@ class CIFAR100FewShot(ImageDataModule):
 def _ids(names: list[str], wanted: list[str], what: str) -> list[int]:
     missing = sorted(set(wanted) - set(names))
     if missing:
-        raise ConfigError(f"the CIFAR-100 archive has no {what} {missing[0]!r}; it is not the original archive")
+        raise DataError(f"the CIFAR-100 archive has no {what} {missing[0]!r}; it is not the original archive")
     return [names.index(n) for n in wanted]
 
 

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.episode import ClassificationTasks, EpisodeBatches, TaskSource, sample_episode
+from lightning_meta.errors import ConfigError
 
 
 class StreamSampler(Sampler[int]):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_meta.config import ConfigError
+from lightning_meta.errors import DataError
 
 
 class Episode(NamedTuple):
@@ -80,7 +80,7 @@ class ClassificationTasks:
         split: str = "",
     ) -> None:
         if ways > len(class_examples):
-            raise ConfigError(
+            raise DataError(
                 f"data.ways={ways} but the {split + ' ' if split else ''}split has only {len(class_examples)} "
                 "classes; lower data.ways or give the split more classes"
             )
@@ -112,7 +112,7 @@ class ClassificationTasks:
 
     def check_shots(self, shots: int, queries: int, split: str) -> None:
         if shots + queries > self.min_examples:
-            raise ConfigError(
+            raise DataError(
                 f"{split}: shots+queries={shots + queries} but a class of this split has only "
                 f"{self.min_examples} examples; lower data.shots/data.queries (or train_shots/train_queries)"
             )
@@ -225,22 +225,32 @@ class TaskSetTasks:
 
     def __init__(self, taskset) -> None:
         if not callable(getattr(taskset, "sample", None)):
-            raise TypeError(f"{type(taskset).__name__} has no .sample() -> (x, y); wrap it to provide one")
+            raise DataError(f"{type(taskset).__name__} has no .sample() -> (x, y); wrap it to provide one")
         self.taskset = taskset
 
     def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """One raw task, x as the taskset gives it and labels remapped to 0..N-1."""
         with seeded_globals(int(torch.randint(2**62, (), generator=generator))):
-            x, y = self.taskset.sample()
-        x = torch.as_tensor(x)
-        return x, torch.unique(torch.as_tensor(y), return_inverse=True)[1]
+            task = self.taskset.sample()
+        try:
+            x, y = task
+            x, y = torch.as_tensor(x), torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as error:  # not a pair, or not convertible to tensors
+            raise DataError(
+                f"{type(self.taskset).__name__}.sample() returned {type(task).__name__}, not (x, y) tensors of one "
+                f"task's examples and labels ({error})"
+            ) from error
+        if x.ndim < 1 or y.shape != x.shape[:1]:
+            raise DataError(f"{type(self.taskset).__name__}.sample() returned x of shape {tuple(x.shape)} and y of "
+                            f"shape {tuple(y.shape)}; give one label per example")  # fmt: skip
+        return x, torch.unique(y, return_inverse=True)[1]
 
     def check_shots(self, shots: int, queries: int, split: str) -> None:
         """Draw one task and check it has shots+queries examples of each class."""
         _, y = self.draw(torch.Generator().manual_seed(0))
         fewest = int(torch.bincount(y).min())
         if shots + queries > fewest:
-            raise ConfigError(
+            raise DataError(
                 f"{split}: shots+queries={shots + queries} but the taskset gave {fewest} examples for a class; "
                 "lower data.shots/data.queries (or train_shots/train_queries) or draw more samples per class"
             )
@@ -251,7 +261,7 @@ class TaskSetTasks:
         x, y = x[order], y[order]
         counts = torch.bincount(y)
         if bool((counts < shots + queries).any()):
-            raise ValueError(
+            raise DataError(
                 f"the taskset gave {counts.min().item()} examples for a class; shots+queries={shots + queries}"
             )
         rank = torch.arange(len(y)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)

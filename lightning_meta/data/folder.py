@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.cache import cached
 from lightning_meta.data.images import (
     ImageDataModule,
@@ -17,6 +16,7 @@ from lightning_meta.data.images import (
     decode_files,
     image_files,
 )
+from lightning_meta.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -95,11 +95,11 @@ class FolderDataModule(ImageDataModule):
         if self.presplit:
             folders = {split: class_folders(self.root / split) for split in SPLITS}
             if not folders["test"]:
-                raise ConfigError(f"{self.root / 'test'} holds no class folders; meta-testing needs a test split")
+                raise DataError(f"{self.root / 'test'} holds no class folders; meta-testing needs a test split")
             return {split: f for split, f in folders.items() if f}
         classes = class_folders(self.root)
         if not classes:
-            raise ConfigError(
+            raise DataError(
                 f"no images under {self.root}: put one folder of images per class there, as <root>/<class>/<image> "
                 "(split here) or <root>/{train,val,test}/<class>/<image>, or set data.root"
             )
@@ -116,7 +116,7 @@ class FolderDataModule(ImageDataModule):
                 names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
                 missing = [n for n in names if n not in by_name]
                 if missing:
-                    raise ConfigError(f"{path} lists {missing[0]!r}, which is not a class folder of {self.root}")
+                    raise DataError(f"{path} lists {missing[0]!r}, which is not a class folder of {self.root}")
                 chosen[split] = [by_name[n] for n in names]
             seen = [n.name for f in chosen.values() for n in f]
             if len(seen) != len(set(seen)) or "train" not in chosen or "test" not in chosen:
@@ -126,8 +126,8 @@ class FolderDataModule(ImageDataModule):
         n_val, n_test = (round(r * len(classes)) for r in self.split_ratio[1:])
         parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
         if not parts["train"] or not parts["test"]:
-            raise ConfigError(f"data.split_ratio={list(self.split_ratio)} leaves a split of the {len(classes)} "
-                              "classes empty; give train and test a larger share")  # fmt: skip
+            raise DataError(f"data.split_ratio={list(self.split_ratio)} leaves a split of the {len(classes)} "
+                            "classes empty; give train and test a larger share")  # fmt: skip
         return {split: [classes[i] for i in sorted(ids)] for split, ids in parts.items() if ids}
 
     def _channels(self, folders: dict[str, list[Path]]) -> int:

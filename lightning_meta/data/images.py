@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import ClassificationTasks, TaskSource
+from lightning_meta.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -24,9 +24,12 @@ def image_files(folder: Path) -> list[Path]:
 def channels_of(paths: Sequence[Path]) -> int:
     """1 when every image is grey, else 3 (reads only the headers)."""
     for path in paths:
-        with Image.open(path) as img:
-            if img.mode not in GREY_MODES:
-                return 3
+        try:
+            with Image.open(path) as img:
+                if img.mode not in GREY_MODES:
+                    return 3
+        except OSError as error:  # PIL's UnidentifiedImageError too
+            raise DataError(f"cannot read the image {path} ({error}); delete or replace it") from error
     return 1
 
 
@@ -40,7 +43,7 @@ def decode_files(paths: Sequence[Path], image_size: int, channels: int, resample
                 img = img.convert(mode).resize((image_size, image_size), resample)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         except OSError as error:
-            raise ConfigError(f"cannot decode the image {path} ({error}); delete or replace it") from error
+            raise DataError(f"cannot decode the image {path} ({error}); delete or replace it") from error
         out[i] = data.view(image_size, image_size, channels).permute(2, 0, 1)
     return out
 

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.cache import cached
 from lightning_meta.data.folder import SPLITS, class_folders, load_classes
 from lightning_meta.data.images import ImageDataModule, channel_statistics, class_table, decode_files
+from lightning_meta.errors import DataError
 
 PICKLE = "mini-imagenet-cache-{}.pkl"
 LAYOUTS = {
@@ -32,7 +32,7 @@ HOW_TO = (
 
 
 def find_layout(root: Path) -> str:
-    """The first layout whose files are all present; a ConfigError naming what is missing otherwise."""
+    """The first layout whose files are all present; a DataError naming what is missing otherwise."""
     present = {
         "pickle": [(root / name).is_file() for name in LAYOUTS["pickle"]],
         "csv": [*((root / f"{s}.csv").is_file() for s in SPLITS), (root / "images").is_dir()],
@@ -44,8 +44,8 @@ def find_layout(root: Path) -> str:
     for layout, found in present.items():
         if any(found):
             missing = [name for name, ok in zip(LAYOUTS[layout], found, strict=True) if not ok]
-            raise ConfigError(f"Mini-ImageNet at {root} lacks {', '.join(missing)} ({layout} layout); " + HOW_TO)
-    raise ConfigError(f"no Mini-ImageNet found at data.root={root}; " + HOW_TO)
+            raise DataError(f"Mini-ImageNet at {root} lacks {', '.join(missing)} ({layout} layout); " + HOW_TO)
+    raise DataError(f"no Mini-ImageNet found at data.root={root}; " + HOW_TO)
 
 
 def _with_statistics(data: dict) -> dict:
@@ -58,14 +58,16 @@ def read_pickle(path: Path, image_size: int) -> dict:
     try:
         with open(path, "rb") as f:
             raw = pickle.load(f, encoding="latin1")  # latin1: also reads pickles written by Python 2
-    except (pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise ConfigError(f"{path} is not a readable pickle ({error}); download it again") from error
+    except Exception as error:  # unreadable, truncated or not a pickle: unpickling random bytes raises many kinds
+        raise DataError(
+            f"{path} is not a readable pickle ({type(error).__name__}: {error}); download it again"
+        ) from error
     if not isinstance(raw, dict) or not {"image_data", "class_dict"} <= set(raw):
         keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise ConfigError(f"{path} holds {keys}, not a Mini-ImageNet cache (keys image_data and class_dict)")
+        raise DataError(f"{path} holds {keys}, not a Mini-ImageNet cache (keys image_data and class_dict)")
     images = np.asarray(raw["image_data"])
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != image_size:
-        raise ConfigError(
+        raise DataError(
             f"{path}: image_data is {images.dtype} {images.shape}, expected uint8 (N, {image_size}, {image_size}, "
             f"3); the pickles hold 84x84 images, so leave data.image_size at 84"
         )
@@ -80,14 +82,21 @@ def read_pickle(path: Path, image_size: int) -> dict:
 
 def read_csv(root: Path, split: str) -> tuple[list[Path], list[str]]:
     """The image paths and labels listed in `<root>/<split>.csv` (header `filename,label`)."""
-    with open(root / f"{split}.csv", newline="") as f:
-        rows = list(csv.reader(f))
+    path = root / f"{split}.csv"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path} ({error}); it must be a text file of filename,label rows") from error
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
-        raise ConfigError(f"{root / f'{split}.csv'} does not start with the header filename,label")
+        raise DataError(f"{path} does not start with the header filename,label")
+    short = next((n for n, r in enumerate(rows[1:], 2) if r and len(r) < 2), None)
+    if short is not None:
+        raise DataError(f"{path} line {short} has no label; each row is filename,label")
     paths, labels = [root / "images" / r[0] for r in rows[1:] if r], [r[1] for r in rows[1:] if r]
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
-        raise ConfigError(f"{root / f'{split}.csv'} lists {missing.name}, which is not in {root / 'images'}")
+        raise DataError(f"{path} lists {missing.name}, which is not in {root / 'images'}")
     return paths, labels
 
 

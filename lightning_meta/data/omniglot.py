@@ -6,16 +6,17 @@ import io
 import re
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.cache import cached
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import ClassificationTasks, TaskSource
+from lightning_meta.errors import ConfigError, DataError
 
 ARCHIVES = ("images_background", "images_evaluation")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
@@ -33,45 +34,55 @@ def download_omniglot(folder: Path) -> None:
         try:
             urllib.request.urlretrieve(URL.format(name), partial)
         except OSError as error:
-            raise ConfigError(
+            raise DataError(
                 f"could not download {URL.format(name)} ({error}); copy images_background.zip and "
                 f"images_evaluation.zip into {folder} by hand, or point data.root at a folder that has them"
             ) from error
         partial.rename(target)
 
 
-def _archive_members(folder: Path, name: str):
+def archive_members(folder: Path, name: str):
     """Yield (relative path, PNG bytes) from `<name>.zip` or from its extracted folder."""
     archive, extracted = folder / f"{name}.zip", folder / name
     if extracted.is_dir():
         for path in sorted(extracted.rglob("*.png")):
-            yield f"{name}/{path.relative_to(extracted).as_posix()}", path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise DataError(f"cannot read {path} ({error.strerror}); check its permissions, or delete "
+                                f"{extracted}/ to read {archive} instead") from error  # fmt: skip
+            yield f"{name}/{path.relative_to(extracted).as_posix()}", data
     elif archive.exists():
         try:
             with zipfile.ZipFile(archive) as zf:
-                for member in sorted(zf.namelist()):
-                    if member.endswith(".png"):
-                        yield member, zf.read(member)
-        except zipfile.BadZipFile as error:
-            raise ConfigError(f"{archive} is not a valid zip archive ({error}); delete it and run again") from error
+                members = [(m, zf.read(m)) for m in sorted(zf.namelist()) if m.endswith(".png")]
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:  # not a zip, truncated, bad CRC
+            raise DataError(f"{archive} is not a valid zip archive ({error}); delete it and run again") from error
+        yield from members
     else:
-        raise FileNotFoundError(f"neither {archive} nor {extracted}/ exists")
+        raise DataError(f"neither {archive} nor {extracted}/ exists; put the Omniglot archives in {folder}")
 
 
 def decode_omniglot(folder: Path, image_size: int = 28) -> dict:
     """Decode every drawing to `image_size`^2 uint8 with ink = 255, grouped by character id (0..1622)."""
     images, characters = [], []
     for name in ARCHIVES:
-        for member, data in _archive_members(folder, name):
+        for member, data in archive_members(folder, name):
             match = _PNG.search(member)
             if match is None:
                 continue
-            with Image.open(io.BytesIO(data)) as img:
-                grey = img.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    grey = img.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+            except OSError as error:  # PIL's UnidentifiedImageError too
+                raise DataError(
+                    f"{member} in {folder} is not a readable PNG ({error}); the archive {name} is corrupt: delete "
+                    "it (and its extracted folder, if any) and run again"
+                ) from error
             images.append(255 - torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8))
             characters.append(int(match.group(3)) - 1)  # global character id from the file name
     if not images:
-        raise ConfigError(f"no Omniglot drawings found under {folder}; the archives look empty or corrupt")
+        raise DataError(f"no Omniglot drawings found under {folder}; the archives look empty or corrupt")
     char = torch.tensor(characters)
     order = torch.argsort(char, stable=True)
     return {
@@ -88,7 +99,7 @@ def load_omniglot(folder: Path, image_size: int = 28, download: bool = True) -> 
     def build() -> dict:
         if not have:
             if not download:
-                raise ConfigError(
+                raise DataError(
                     f"Omniglot archives not found in {folder}; put images_background.zip and images_evaluation.zip "
                     "there or allow the download"
                 )
@@ -165,7 +176,7 @@ class OmniglotDataModule(EpisodicDataModule):
         character = data["character"]
         num_characters = int(character.max()) + 1
         if num_characters != 1623:
-            raise ConfigError(
+            raise DataError(
                 f"{self.folder} holds {num_characters} Omniglot characters, expected 1623; check the archives"
             )
         by_char = torch.argsort(character, stable=True).view(num_characters, -1)  # (1623, 20) example ids

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import Episode, TaskSource
+from lightning_meta.errors import ConfigError
 
 
 class SinusoidTasks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -10,9 +11,9 @@ from typing import Any
 
 import torch
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.episode import TaskSetTasks, TaskSource
+from lightning_meta.errors import ConfigError, DataError
 
 # Split names a factory may use, mapped to ours (learn2learn's BenchmarkTasksets says "validation").
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -34,6 +35,19 @@ def import_factory(spec: str) -> Callable:
     return factory
 
 
+def check_factory_args(factory: Callable, spec: str, args: dict[str, Any]) -> None:
+    """`args` bind to the factory's signature (a factory without one, e.g. a builtin, is not checked)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**args)
+    except TypeError as error:
+        raise ConfigError(f"data.factory_args={args} do not fit {spec}{signature} ({error}); set its arguments as "
+                          "data.factory_args.<name>=value") from error  # fmt: skip
+
+
 def split_tasksets(result: Any, spec: str) -> dict[str, Any]:
     """The factory's tasksets by split: a mapping, an object with train/validation/test attributes (learn2learn's
     `BenchmarkTasksets`), or a (train, val, test) sequence."""
@@ -44,7 +58,7 @@ def split_tasksets(result: Any, spec: str) -> dict[str, Any]:
     else:
         found = {ours: getattr(result, name) for name, ours in SPLIT_NAMES.items() if getattr(result, name, None)}
     if "train" not in found or "test" not in found:
-        raise ConfigError(
+        raise DataError(
             f"data.factory={spec} returned {type(result).__name__} without train and test tasksets; return "
             "{'train': ..., 'val': ..., 'test': ...} (val optional), each with .sample() -> (x, y)"
         )
@@ -72,12 +86,14 @@ class TaskSetDataModule(EpisodicDataModule):
     def build_sources(self) -> dict[str, TaskSource]:
         if not self.factory:
             raise ConfigError("data=taskset needs data.factory=package.module:function returning the tasksets")
-        result = import_factory(self.factory)(**self.factory_args)
+        factory = import_factory(self.factory)
+        check_factory_args(factory, self.factory, self.factory_args)
+        result = factory(**self.factory_args)
         sources = {split: TaskSetTasks(taskset) for split, taskset in split_tasksets(result, self.factory).items()}
         for split, source in sources.items():
             _, y = source.draw(torch.Generator().manual_seed(0))
             if int(y.max()) + 1 != self.ways:
-                raise ConfigError(
+                raise DataError(
                     f"data.ways={self.ways} but the {split} taskset's tasks have {int(y.max()) + 1} classes; "
                     f"set data.ways={int(y.max()) + 1} or build {self.ways}-way tasksets"
                 )

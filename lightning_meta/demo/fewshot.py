@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_meta.config import ConfigError
+from lightning_meta.build import load
 from lightning_meta.demo.render import PEN_WIDTH, SOURCE_SIZE, DrawingError, drawing_to_image
-from lightning_meta.evaluate import load
+from lightning_meta.errors import CheckpointError
 
 MIN_WAYS = 2
 
@@ -33,7 +33,7 @@ class Demo:
     """A trained few-shot classifier of drawings: adapt to the drawn classes, then score the test drawing.
 
     Args:
-        learner: a trained `MetaLearner` (e.g. from `lightning_meta.evaluate.load_learner`).
+        learner: a trained `MetaLearner` (e.g. from `lightning_meta.build.load_learner`).
         ways: the most classes the network can tell apart (its output count).
         image_size: side of the training images.
         checkpoint: where the learner came from (shown on the page).
@@ -112,7 +112,7 @@ def load_demo(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> Demo:
     cfg, datamodule, learner = load(ckpt_path, ["algorithm.transductive=false", *overrides])
     channels = cfg.model.get("in_channels", 1)
     if datamodule.task != "classification" or channels != 1 or "image_size" not in cfg.data:
-        raise ConfigError(
+        raise CheckpointError(
             f"{ckpt_path} is not a greyscale image classifier (task {datamodule.task}, {channels} input channels); "
             "the demo needs one trained on Omniglot, e.g. python train.py experiment=demo_omniglot"
         )

@@ -20,9 +20,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from lightning_meta.config import ConfigError, split_own_keys
+from lightning_meta.config import split_own_keys
 from lightning_meta.demo.fewshot import Demo, load_demo
 from lightning_meta.demo.render import DrawingError
+from lightning_meta.errors import CheckpointError, ConfigError, UserError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "omniglot_5way.ckpt"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -154,7 +155,7 @@ def parse_demo_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     if not own["port"].isdigit() or int(own["port"]) > 65535:
         raise ConfigError(f"port={own['port']} is not a port number; give e.g. port=8000 (0: any free port)")
     if not Path(own["ckpt_path"]).is_file() and own["ckpt_path"] == str(DEFAULT_CHECKPOINT):
-        raise ConfigError(
+        raise CheckpointError(
             f"no checkpoint given and none shipped at {DEFAULT_CHECKPOINT}; train one with "
             "python train.py experiment=demo_omniglot output_dir=outputs/demo, then "
             "python demo.py ckpt_path=outputs/demo/checkpoints/last.ckpt"
@@ -166,8 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         own, overrides = parse_demo_argv(sys.argv[1:] if argv is None else argv)
         demo = load_demo(own["ckpt_path"], overrides)
-        server = make_server(demo, own["host"], int(own["port"]), verbose=True)
-    except (ConfigError, OSError) as error:
+        try:
+            server = make_server(demo, own["host"], int(own["port"]), verbose=True)
+        except OSError as error:  # the port is in use or privileged, or the host is not this machine's
+            raise ConfigError(f"cannot serve on host={own['host']} port={own['port']} ({error}); give another "
+                              "port (port=0: any free port) or host") from error  # fmt: skip
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_meta.errors import ConfigError
+
 
 class Conv4(nn.Module):
     """4 x [conv3x3 -> BatchNorm -> ReLU (-> 2x2 max-pool)] -> linear head.
@@ -41,7 +43,7 @@ class Conv4(nn.Module):
                 size //= 2
             channels = hidden
         if size < 1:
-            raise ValueError(f"model.image_size={image_size} is too small for 4 down-sampling layers")
+            raise ConfigError(f"model.image_size={image_size} is too small for 4 down-sampling layers")
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(hidden * size * size, out_features)
 

@@ -47,12 +47,12 @@ def test_adaptation_never_raises_the_support_loss_on_a_convex_task(name, linear_
 SINE = {  # small settings that learn within 100 meta-iterations of 5 tasks
     "reptile": (
         Reptile,
-        dict(inner=dict(lr=0.02, steps=5, optimizer="sgd", batch_size=None), lr=1.0),
+        dict(inner=dict(lr=0.02, steps=5, optimizer="sgd", batch_size=None), outer=dict(lr=1.0, lr_final=None)),
     ),
-    "fomaml": (FOMAML, dict(inner=dict(lr=0.02), lr=3e-3)),
-    "maml": (MAML, dict(inner=dict(lr=0.02), lr=3e-3)),
-    "imaml": (IMAML, dict(inner=dict(lr=0.02, steps=3, lam=10.0), cg_steps=2, lr=3e-3)),
-    "metasgd": (MetaSGD, dict(inner=dict(lr=0.02), lr=1e-3)),
+    "fomaml": (FOMAML, dict(inner=dict(lr=0.02), outer=dict(lr=3e-3))),
+    "maml": (MAML, dict(inner=dict(lr=0.02), outer=dict(lr=3e-3))),
+    "imaml": (IMAML, dict(inner=dict(lr=0.02, steps=3, lam=10.0), cg_steps=2, outer=dict(lr=3e-3))),
+    "metasgd": (MetaSGD, dict(inner=dict(lr=0.02), outer=dict(lr=1e-3))),
 }
 
 
@@ -65,7 +65,7 @@ def test_meta_training_lowers_the_post_adaptation_query_loss_on_sine_tasks(name)
     cls, kwargs = SINE[name]
     torch.manual_seed(0)
     eval_inner = {**kwargs["inner"], "steps": 5}
-    learner = cls(MLP(1, (40, 40), 1), task="regression", eval_inner=eval_inner, lr_final=None, **kwargs)
+    learner = cls(MLP(1, (40, 40), 1), task="regression", eval_inner=eval_inner, **kwargs)
     val = sine_batch("val", 0, 50)
     evaluate = lambda: float(learner.map_tasks(learner.evaluate_task, learner.params(), val)["query_loss"].mean())
     before = evaluate()

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from lightning_meta.build import build
 from lightning_meta.config import load_config
-from lightning_meta.run import build, train
+from lightning_meta.run import train
 
 
 @pytest.mark.parametrize("loop", [dict(steps=2, lr=0.4), dict(steps=3, lr=0.05, batch_size=2, optimizer="adam")])
@@ -68,7 +69,7 @@ def test_selected_by_target_from_the_command_line_and_trains_the_body(anil, tmp_
         "experiment=maml_sinusoid", "algorithm._target_=examples.anil.ANIL", "model.hidden=[8]",
         "trainer.max_steps=3", "data.meta_batch_size=2", "data.val_episodes=0", "data.test_episodes=2",
         "data.eval_batch_size=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "algorithm.lr=0.01", f"output_dir={tmp_path}",
+        "algorithm.outer.lr=0.01", f"output_dir={tmp_path}",
     ])  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does, to rebuild the initial weights
     _, initial = build(cfg)

@@ -1,5 +1,5 @@
 """The vmapped meta-batch equals the per-task loop and the mean of one-task-at-a-time results, with batch norm
-in float64, for every algorithm: the outer gradient must be taken inside the vmap (ARCHITECTURE.md, Traps)."""
+in float64, for every algorithm: the outer gradient must be taken inside the vmap (docs/architecture.md, traps)."""
 
 from __future__ import annotations
 

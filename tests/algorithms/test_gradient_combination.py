@@ -72,7 +72,7 @@ def test_preset_update_is_the_authors_update(name):
     episode = Episode(x[:-WAYS], y[:-WAYS], x[-WAYS:], y[-WAYS:]) if learner.pool_queries else Episode(x, y, x, y)
     theta = learner.params()
     grads, _ = learner.meta_gradient(theta, episode)
-    ours = {k: theta[k] - learner.lr * grads[k] for k in theta}  # the first outer SGD step (lr not yet annealed)
+    ours = {k: theta[k] - learner.outer.lr * grads[k] for k in theta}  # the first outer SGD step (lr not yet annealed)
     theirs = authors_train_step(learner.backbone, x, y, foml, inner_iters, meta_step)
     moved = max(float((theirs[k] - theta[k]).abs().max()) for k in theta)
     assert moved > 1e-6  # the step is not vacuous

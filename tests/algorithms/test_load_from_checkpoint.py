@@ -8,6 +8,7 @@ import torch
 
 from lightning_meta.algorithms import IMAML, MAML, MetaLearner, MetaSGD, Reptile
 from lightning_meta.config import load_config
+from lightning_meta.errors import CheckpointError
 from lightning_meta.run import train
 
 CLASSES = {"reptile": Reptile, "fomaml": MAML, "maml": MAML, "imaml": IMAML, "metasgd": MetaSGD}
@@ -30,5 +31,5 @@ def test_every_algorithm_loads_with_its_backbone(name, tmp_path):
 
 def test_the_wrong_class_is_named(tmp_path):
     train(load_config(["algorithm=reptile", *SINE, f"output_dir={tmp_path}"]))
-    with pytest.raises(TypeError, match="last.ckpt holds a Reptile, not a MAML"):
+    with pytest.raises(CheckpointError, match="last.ckpt holds a Reptile, not a MAML"):
         MAML.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")

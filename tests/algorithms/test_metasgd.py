@@ -36,7 +36,7 @@ def test_meta_gradient_of_init_and_step_sizes_equals_unrolled_autograd(conv, mak
 
 
 def test_step_sizes_are_trained_and_saved_like_the_backbone(mlp, make_episode):
-    learner = MetaSGD(mlp, inner=dict(lr=0.1), lr=0.01)
+    learner = MetaSGD(mlp, inner=dict(lr=0.1), outer=dict(lr=0.01))
     assert {n for n in learner.state_dict() if n.startswith("inner_lrs.")} == {
         f"inner_lrs.{n.replace('.', ':')}" for n, _ in mlp.named_parameters()
     }

@@ -140,7 +140,7 @@ def test_one_fit_step_moves_theta_by_lr_times_mean_difference():
     torch.manual_seed(0)
     backbone = Conv4(out_features=WAYS, hidden=4, image_size=16)
     inner = InnerLoop(steps=3, lr=0.01, batch_size=4, optimizer="adam")
-    learner = Reptile(backbone, inner=inner, lr=0.7, lr_final=0.0, inner_state="fresh")
+    learner = Reptile(backbone, inner=inner, outer=dict(lr=0.7, lr_final=0.0), inner_state="fresh")
     theta = copy.deepcopy(backbone).double()
     trainer, recorder, dm = _fit(learner, max_steps=1)
     assert trainer.global_step == 1 and len(recorder.batches) == 1
@@ -162,7 +162,9 @@ def test_one_fit_step_moves_theta_by_lr_times_mean_difference():
 
 def test_outer_lr_anneals_linearly():
     torch.manual_seed(0)
-    learner = Reptile(Conv4(out_features=WAYS, hidden=4, image_size=16), inner={"steps": 1}, lr=1.0, lr_final=0.2)
+    learner = Reptile(
+        Conv4(out_features=WAYS, hidden=4, image_size=16), inner={"steps": 1}, outer=dict(lr=1.0, lr_final=0.2)
+    )
     trainer, recorder, _ = _fit(learner, max_steps=4)
     expected = [1.0 + (0.2 - 1.0) * s / 4 for s in range(4)]  # lr in force at step s of 4
     assert recorder.lrs == pytest.approx(expected)
@@ -263,7 +265,7 @@ def test_carried_inner_adam_equals_supervised_reptile(mode):
     backbone = Conv4(out_features=WAYS, hidden=4, image_size=16)
     theta0 = copy.deepcopy(backbone).double()
     inner, eval_inner = dict(steps=3, lr=0.02, batch_size=4, optimizer="adam"), dict(steps=4, lr=0.02)
-    learner = Reptile(backbone, inner=inner, eval_inner=eval_inner, lr=0.7, lr_final=0.0, inner_state=mode)
+    learner = Reptile(backbone, inner=inner, eval_inner=eval_inner, outer=dict(lr=0.7, lr_final=0.0), inner_state=mode)
     trainer, recorder, dm = _fit(learner, max_steps=3, meta_batch_size=3)
     eps = [0.7 * (1 - s / 3) for s in range(3)]
     model, state = _reference_carried(theta0, recorder.batches, eps, inner, shared_start=mode == "batched")

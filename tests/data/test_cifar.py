@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import lightning_meta.data.cifar as cifar
-from lightning_meta.config import ConfigError, load_config
+from lightning_meta.config import load_config
 from lightning_meta.data import CIFARFSDataModule, FC100DataModule, sample_episode
 from lightning_meta.data.splits import CIFAR_FS, FC100
+from lightning_meta.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -90,7 +91,7 @@ def test_extracted_archive_reads_the_same(tmp_path, formats):
 
 
 def test_missing_archive_without_download(tmp_path):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(DataError) as error:
         make(CIFARFSDataModule, tmp_path)
     assert str(error.value) == (
         f"{tmp_path / 'cifar-100-python.tar.gz'} does not exist; copy cifar-100-python.tar.gz "
@@ -103,7 +104,7 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(cifar.urllib.request, "urlopen", offline)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(DataError) as error:
         make(FC100DataModule, tmp_path, download=True)
     message = str(error.value)
     assert message.startswith(f"could not download {cifar.URL} (<urlopen error [Errno -3] Temporary failure")
@@ -115,7 +116,7 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
 def test_download_is_checked_against_the_md5(tmp_path, formats, monkeypatch):
     content = formats.cifar100(tmp_path / "server").read_bytes()
     monkeypatch.setattr(cifar.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(content))
-    with pytest.raises(ConfigError, match=r"has md5 [0-9a-f]{32}, not eb9058c3a382ffc7106e4002c42a8d85; run again"):
+    with pytest.raises(DataError, match=r"has md5 [0-9a-f]{32}, not eb9058c3a382ffc7106e4002c42a8d85; run again"):
         make(CIFARFSDataModule, tmp_path / "a", download=True)
     assert not (tmp_path / "a" / "cifar-100-python.tar.gz").exists()
     monkeypatch.setattr(cifar, "MD5", hashlib.md5(content).hexdigest())  # the fake server's archive is "right"
@@ -126,12 +127,12 @@ def test_download_is_checked_against_the_md5(tmp_path, formats, monkeypatch):
 
 def test_corrupt_or_foreign_archive_names_the_fix(tmp_path):
     (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"not a tar file")
-    with pytest.raises(ConfigError, match=r"cifar-100-python\.tar\.gz is not a readable CIFAR-100 python archive"):
+    with pytest.raises(DataError, match=r"cifar-100-python\.tar\.gz is not a readable CIFAR-100 python archive"):
         make(CIFARFSDataModule, tmp_path)
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:  # right format, no meta member
         info = tarfile.TarInfo("cifar-100-python/train")
         tar.addfile(info, io.BytesIO(b""))
-    with pytest.raises(ConfigError, match=r"it must hold cifar-100-python/train, test and meta .*: delete it"):
+    with pytest.raises(DataError, match=r"it must hold cifar-100-python/train, test and meta .*: delete it"):
         make(CIFARFSDataModule, tmp_path)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_meta.data import Episode
+from lightning_meta.errors import DataError
 
 
 def _batches(loader) -> list[Episode]:
@@ -76,10 +77,10 @@ def test_max_steps_is_required(make_datamodule, idkit):
 
 def test_setup_checks_shots_against_each_split(idkit):
     dm = idkit.DataModule(ways=3, shots=2, queries=3, train_shots=19, train_queries=2)
-    with pytest.raises(ValueError, match=r"train: shots\+queries=21 but a class of this split has only 20"):
+    with pytest.raises(DataError, match=r"train: shots\+queries=21 but a class of this split has only 20"):
         dm.setup("fit")
     dm = idkit.DataModule(ways=9)
-    with pytest.raises(ValueError, match=r"data\.ways=9 but the split has only 8 classes"):
+    with pytest.raises(DataError, match=r"data\.ways=9 but the split has only 8 classes"):
         dm.setup("fit")
 
 

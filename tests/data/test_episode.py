@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_meta.data import ClassificationTasks, Episode, EpisodeBatches, TaskSetTasks, sample_episode
+from lightning_meta.errors import DataError
 
 
 def test_episode_shapes_and_dtypes(idkit):
@@ -102,12 +103,12 @@ def test_every_class_and_example_gets_drawn(idkit):
 
 
 def test_too_many_ways_or_examples_raise(idkit):
-    with pytest.raises(ValueError, match=r"data\.ways=13 but the split has only 12 classes"):
+    with pytest.raises(DataError, match=r"data\.ways=13 but the split has only 12 classes"):
         idkit.tasks(classes=12, ways=13)
     table = [torch.arange(0, 20), torch.arange(20, 27)]  # the smallest class has 7 examples
     source = ClassificationTasks(idkit.images(27), table, ways=2)
     source.check_shots(3, 4, "train")
-    with pytest.raises(ValueError, match=r"train: shots\+queries=8 but a class of this split has only 7"):
+    with pytest.raises(DataError, match=r"train: shots\+queries=8 but a class of this split has only 7"):
         source.check_shots(5, 3, "train")
 
 
@@ -199,7 +200,7 @@ def test_taskset_adapter_shuffles_support_and_query():
 
 
 def test_taskset_adapter_errors():
-    with pytest.raises(TypeError, match=r"object has no \.sample\(\) -> \(x, y\)"):
+    with pytest.raises(DataError, match=r"object has no \.sample\(\) -> \(x, y\)"):
         TaskSetTasks(object())
-    with pytest.raises(ValueError, match=r"the taskset gave 4 examples for a class; shots\+queries=5"):
+    with pytest.raises(DataError, match=r"the taskset gave 4 examples for a class; shots\+queries=5"):
         sample_episode(TaskSetTasks(FakeTaskSet()), 0, "train", 0, 2, 3)

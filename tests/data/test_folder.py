@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 import lightning_meta.data.folder as folder_module
+from lightning_meta.build import build
 from lightning_meta.config import ConfigError, instantiate, load_config
 from lightning_meta.data import FolderDataModule, fit_model_input
 from lightning_meta.data.episode import sample_episode
-from lightning_meta.run import build
+from lightning_meta.errors import DataError
 
 
 def make_dataset(root: Path, classes: dict[str, int], size: int = 10) -> None:
@@ -71,7 +72,7 @@ def test_unsplit_folder_is_split_by_listed_class_files(tmp_path, formats):
     assert sorted(dm.sources) == ["test", "train"] and dm.val_dataloader() == []
     assert class_ids(dm.sources["train"]) == {0, 1, 2} and class_ids(dm.sources["test"]) == {4, 5}
     (tmp_path / "test.txt").write_text("c4\nc9\n")
-    with pytest.raises(ConfigError, match=r"test\.txt lists 'c9', which is not a class folder of"):
+    with pytest.raises(DataError, match=r"test\.txt lists 'c9', which is not a class folder of"):
         make(tmp_path, split_files={"train": "train.txt", "test": "test.txt"})
     (tmp_path / "test.txt").write_text("c2\nc5\n")
     with pytest.raises(ConfigError, match=r"data\.split_files must list train and test classes, each class in one"):
@@ -134,7 +135,7 @@ def test_cache_is_rebuilt_when_an_image_changes(tmp_path, formats):
 
 
 def test_missing_or_empty_root_names_the_layouts(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(DataError) as error:
         make(tmp_path / "nope")
     assert str(error.value) == (
         f"no images under {tmp_path / 'nope'}: put one folder of images per class there, as <root>/<class>/<image> "
@@ -146,7 +147,7 @@ def test_missing_or_empty_root_names_the_layouts(tmp_path: Path) -> None:
             for f in folder.iterdir():
                 f.unlink()
             folder.rmdir()
-    with pytest.raises(ConfigError, match=r"presplit/test holds no class folders; meta-testing needs a test split"):
+    with pytest.raises(DataError, match=r"presplit/test holds no class folders; meta-testing needs a test split"):
         make(tmp_path / "presplit")
 
 

@@ -11,8 +11,9 @@ import torch
 
 import lightning_meta.data.cache as cache_module
 import lightning_meta.data.miniimagenet as mini
-from lightning_meta.config import ConfigError, instantiate, load_config
+from lightning_meta.config import instantiate, load_config
 from lightning_meta.data import MiniImageNetDataModule, sample_episode
+from lightning_meta.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -144,7 +145,7 @@ def test_missing_files_are_named(tmp_path, present, missing):
                 (tmp_path / name / "0.png").write_bytes(b"")
         else:
             (tmp_path / name).write_bytes(b"")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(DataError) as error:
         MiniImageNetDataModule(root=str(tmp_path)).setup()
     message = str(error.value)
     assert missing in message and "\n" not in message
@@ -152,7 +153,7 @@ def test_missing_files_are_named(tmp_path, present, missing):
 
 
 def test_empty_root_lists_the_accepted_layouts(tmp_path):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(DataError) as error:
         MiniImageNetDataModule(root=str(tmp_path / "none")).prepare_data()
     message = str(error.value)
     assert message.startswith(f"no Mini-ImageNet found at data.root={tmp_path / 'none'}; put one of these")
@@ -164,12 +165,12 @@ def test_empty_root_lists_the_accepted_layouts(tmp_path):
 def test_bad_pickles_and_csvs_name_the_file(tmp_path, formats):
     formats.mini_pickles(tmp_path, classes=5, per_class=6)
     (tmp_path / "mini-imagenet-cache-val.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(ConfigError, match=r"mini-imagenet-cache-val\.pkl is not a readable pickle"):
+    with pytest.raises(DataError, match=r"mini-imagenet-cache-val\.pkl is not a readable pickle"):
         make(tmp_path)
     csv_root = tmp_path / "csv"
     formats.mini_csv(csv_root)
     (csv_root / "images" / "n000000.png").unlink()
-    with pytest.raises(ConfigError, match=r"train\.csv lists n000000\.png, which is not in .*images"):
+    with pytest.raises(DataError, match=r"train\.csv lists n000000\.png, which is not in .*images"):
         make(csv_root, ways=2, shots=1, queries=1)
 
 

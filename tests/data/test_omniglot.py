@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_meta.config import ConfigError
 from lightning_meta.data import OmniglotDataModule, sample_episode
 from lightning_meta.data import omniglot as omniglot_module
-from lightning_meta.data.omniglot import _archive_members, decode_omniglot, load_omniglot
+from lightning_meta.data.omniglot import archive_members, decode_omniglot, load_omniglot
+from lightning_meta.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +181,8 @@ def test_extracted_folders_read_like_the_archives(tmp_path):
     _write_tiny_omniglot(tmp_path / "zipped")
     _write_tiny_omniglot(tmp_path / "extracted", as_zip=False)
     for name in ("images_background", "images_evaluation"):
-        zipped = list(_archive_members(tmp_path / "zipped", name))
-        extracted = list(_archive_members(tmp_path / "extracted", name))
+        zipped = list(archive_members(tmp_path / "zipped", name))
+        extracted = list(archive_members(tmp_path / "extracted", name))
         assert len(zipped) == 4 and zipped == extracted
     a, b = decode_omniglot(tmp_path / "zipped", 14), decode_omniglot(tmp_path / "extracted", 14)
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["character"], b["character"])
@@ -191,14 +191,14 @@ def test_extracted_folders_read_like_the_archives(tmp_path):
 def test_corrupt_archive_names_the_fix(tmp_path):
     for name in ("images_background", "images_evaluation"):
         (tmp_path / f"{name}.zip").write_bytes(b"not a zip file")
-    with pytest.raises(ConfigError, match=r"images_background\.zip is not a valid zip archive .* delete it and run"):
+    with pytest.raises(DataError, match=r"images_background\.zip is not a valid zip archive .* delete it and run"):
         load_omniglot(tmp_path, download=False)
     assert not (tmp_path / "omniglot_28.pt").exists()
 
 
 def test_missing_archives_without_download(tmp_path):
     dm = OmniglotDataModule(root=str(tmp_path), download=False)
-    with pytest.raises(ConfigError, match=r"put images_background\.zip and images_evaluation\.zip there"):
+    with pytest.raises(DataError, match=r"put images_background\.zip and images_evaluation\.zip there"):
         dm.prepare_data()
     assert not (tmp_path / "omniglot").exists() or not any((tmp_path / "omniglot").iterdir())
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_meta.build import build
 from lightning_meta.config import ConfigError, load_config
 from lightning_meta.data import TaskSetDataModule, sample_episode
-from lightning_meta.run import build
+from lightning_meta.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 FACTORY = "examples.synthetic_taskset:tasksets"
@@ -73,18 +74,19 @@ def test_factory_results_in_every_accepted_shape(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        (dict(factory=""), r"data=taskset needs data\.factory=package\.module:function"),
-        (dict(factory="examples.synthetic_taskset"), r"data\.factory='examples\.synthetic_taskset'; write it as"),
-        (dict(factory="examples.nothing_here:f"), r"data\.factory=examples\.nothing_here:f cannot be imported"),
-        (dict(factory="examples.synthetic_taskset:nope"), r"cannot be imported .*has no attribute 'nope'"),
-        (dict(ways=4), r"data\.ways=4 but the train taskset's tasks have 5 classes; set data\.ways=5"),
-        (dict(shots=15, queries=10), r"train: shots\+queries=25 but the taskset gave 20 examples for a class"),
+        (dict(factory=""), ConfigError, r"data=taskset needs data\.factory=package\.module:function"),
+        (dict(factory="examples.synthetic_taskset"), ConfigError, r"data\.factory='examples\.synthetic_taskset';"),
+        (dict(factory="examples.nothing_here:f"), ConfigError, r"data\.factory=examples\.nothing_here:f cannot be"),
+        (dict(factory="examples.synthetic_taskset:nope"), ConfigError, r"cannot be imported .*has no attribute 'nope'"),
+        (dict(factory_args={"wayz": 5}), ConfigError, r"data\.factory_args=\{'wayz': 5\} do not fit .*wayz"),
+        (dict(ways=4), DataError, r"data\.ways=4 but the train taskset's tasks have 5 classes; set data\.ways=5"),
+        (dict(shots=15, queries=10), DataError, r"train: shots\+queries=25 but the taskset gave 20 examples for a"),
     ],
 )
-def test_configuration_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+def test_configuration_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
         make(**kwargs)
 
 

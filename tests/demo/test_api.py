@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lightning_meta.build import load
 from lightning_meta.demo.render import PEN_WIDTH, SOURCE_SIZE, drawing_to_image, page_to_image
 from lightning_meta.demo.server import DEFAULT_CHECKPOINT
-from lightning_meta.evaluate import load
 
 EPISODES, WAYS = 16, 5  # 5-way 1-shot tasks: 80 test drawings, each classified once
 

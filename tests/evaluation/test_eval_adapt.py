@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_meta.algorithms import Reptile
+from lightning_meta.build import load, load_learner
 from lightning_meta.data.episode import Episode
-from lightning_meta.evaluate import load, load_learner
 from lightning_meta.models import Conv4
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]

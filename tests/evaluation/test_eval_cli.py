@@ -84,8 +84,8 @@ def test_eval_script_applies_overrides_and_writes_the_default_json(omniglot_run)
             "data.ways='five' has the wrong type; lightning_meta.data.OmniglotDataModule expects int",
         ),
         (
-            ["algorithm.grad_clp=0.1"],
-            "unknown key algorithm.grad_clp for lightning_meta.algorithms.Reptile; did you mean grad_clip?",
+            ["algorithm.chunk_sise=2"],
+            "unknown key algorithm.chunk_sise for lightning_meta.algorithms.Reptile; did you mean chunk_size?",
         ),
         (
             ["algorithm=maml"],

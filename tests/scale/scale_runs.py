@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_meta.build import build
 from lightning_meta.config import load_config
 from lightning_meta.data.episode import EpisodeBatches
-from lightning_meta.run import build
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "ddp_script.py"
@@ -101,9 +101,14 @@ class SaveRankParams(pl.Callback):
 # algorithms' Omniglot defaults, e.g. inner.lr 0.4, diverge on sines).
 SINE = {
     "reptile": [],
-    "fomaml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.01"],
-    "maml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.01"],
-    "imaml": ["algorithm.lr=0.01", "algorithm.inner.lr=0.02", "algorithm.inner.steps=10", "algorithm.inner.lam=10.0"],
+    "fomaml": ["algorithm.outer.lr=0.01", "algorithm.inner.lr=0.01"],
+    "maml": ["algorithm.outer.lr=0.01", "algorithm.inner.lr=0.01"],
+    "imaml": [
+        "algorithm.outer.lr=0.01",
+        "algorithm.inner.lr=0.02",
+        "algorithm.inner.steps=10",
+        "algorithm.inner.lam=10.0",
+    ],  # fmt: skip
 }
 QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 

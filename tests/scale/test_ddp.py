@@ -23,7 +23,7 @@ from lightning_meta.run import train
 # them) and which Reptile's inner Adam moves by +-lr per step on that noise alone (diffs up to 3e-4).
 RUN = [
     "data.meta_batch_size=4", "data.val_episodes=5", "data.test_episodes=5", "trainer.max_steps=4",
-    "trainer.val_check_interval=2", "algorithm.grad_clip=0.01", "seed=3", "trainer.precision=64-true",
+    "trainer.val_check_interval=2", "algorithm.outer.grad_clip=0.01", "seed=3", "trainer.precision=64-true",
 ]  # fmt: skip
 RTOL, NORM_RTOL = 1e-5, 1e-7  # elementwise (with atol 1e-8), and per tensor ||a - b|| / ||b|| (seen: 1.3e-9)
 EVAL_TAGS = ("val/acc", "val/acc_ci95", "val/loss", "val/episodes")

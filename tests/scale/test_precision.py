@@ -109,7 +109,7 @@ def _amp_step(learner, batch, break_meta_gradient: bool = False) -> tuple[dict, 
 def test_16_mixed_clips_the_unscaled_meta_gradient():
     """Outer SGD at lr 1 moves the weights by exactly the clipped meta-gradient: clipping ran after the
     GradScaler unscaled it (clipping the scaled one would move them 65536 times less)."""
-    learner, batch = sine_learner("reptile", "algorithm.grad_clip=0.001", "algorithm.lr_final=null")
+    learner, batch = sine_learner("reptile", "algorithm.outer.grad_clip=0.001", "algorithm.outer.lr_final=null")
     change, scale = _amp_step(learner, batch)
     norm = float(sum((c**2).sum() for c in change.values()).sqrt())
     assert norm == pytest.approx(0.001, rel=1e-3) and scale == 2.0**16

@@ -45,7 +45,7 @@ BN = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=Fal
          r"bf16-mixed with algorithm\.batching=vmap fails for a backbone with batch norm .*batching=loop"),
         (dict(precision="bf16-mixed", mixed=False), None, r"SimpleNamespace runs in 32-bit only \(its reason\); use "),
         (dict(accumulate_grad_batches=4), None, r"accumulate_grad_batches=4: .* raise data\.meta_batch_size"),
-        (dict(gradient_clip_val=0.5), None, r"set algorithm\.grad_clip=0\.5 and trainer\.gradient_clip_val=null"),
+        (dict(gradient_clip_val=0.5), None, r"algorithm\.outer\.grad_clip=0\.5 and trainer\.gradient_clip_val=null"),
         (dict(inference_mode=True), None, r"needs autograd; set trainer\.inference_mode=false"),
         (dict(world_size=2, sampler=True), None, r"with 2 processes: .* set trainer\.use_distributed_sampler=false"),
     ],

@@ -1,0 +1,142 @@
+"""From a config to objects: the run directory, the (datamodule, learner) pair, a trained learner from a checkpoint.
+
+The layer below the entry points (`run`, `evaluate`, `cli`) and above `config`, `data` and `resume`. It reaches the
+algorithms and models only through the `_target_` of a config node, never by import, so that
+`MetaLearner.load_from_checkpoint` can call `load_learner` without an import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from lightning_meta.config import instantiate, override_config
+from lightning_meta.data import fit_model_input
+from lightning_meta.errors import CheckpointError, ConfigError, DataError, UserError
+from lightning_meta.resume import check_state_fits, read_checkpoint
+
+# Appended to Lightning's own Trainer errors, which name the argument but not where to change it.
+TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trainer.devices=1 fit any machine)"
+# Lightning's own packages: a ValueError or TypeError raised in their code while the Trainer is built is one of
+# its argument checks (e.g. an unknown accelerator or strategy name).
+LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning_fabric", "lightning")
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run directory a checkpoint belongs to: `<run>` for `<run>/checkpoints/<name>.ckpt`, else its folder."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """The run directory. Refuses a fresh run over another run's checkpoints, and a resume into a directory that
+    holds checkpoints of a run other than the one resumed."""
+    ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+    elif ckpt is not None:
+        out = run_dir_of(ckpt)
+    else:
+        out = Path("outputs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    held = sorted((out / "checkpoints").glob("*.ckpt"))
+    if held and ckpt is None:
+        raise ConfigError(
+            f"{out} already holds checkpoints; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'} "
+            "or choose another output_dir"
+        )
+    if held and ckpt.parent != (out / "checkpoints").resolve():
+        raise ConfigError(
+            f"output_dir={out} holds another run's checkpoints ({held[0].name}), which resuming from "
+            f"{cfg.ckpt_path} would overwrite; leave output_dir out to resume into {run_dir_of(ckpt)}, or give an "
+            "empty output_dir"
+        )
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Around building the learner and reading the data. Constructors and data readers raise a `UserError` where
+    they check an input; it passes as it is. An OSError about a file (its `filename` set: a path the config names,
+    such as one under data.root) becomes a `DataError`. Every other exception is a bug, of this project or of a
+    library, and keeps its traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise
+        raise DataError(f"{error.filename}: {error.strerror or _first_line(error)}; check the path the config "
+                        "gives (e.g. data.root) and its permissions") from error  # fmt: skip
+
+
+def _raised_by_lightning(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.partition(".")[0] in LIGHTNING_PACKAGES
+
+
+@contextmanager
+def trainer_errors() -> Iterator[None]:
+    """Around `Trainer(...)`: Lightning checks its arguments with MisconfigurationException, and with ValueError or
+    TypeError raised in its own code; those are trainer.* mistakes and become a `ConfigError` ending in
+    `TRAINER_HINT`. Anything else (an error inside torch, say) keeps its traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except MisconfigurationException as error:
+        raise ConfigError(f"{_first_line(error)}{TRAINER_HINT}") from error
+    except (ValueError, TypeError) as error:
+        if not _raised_by_lightning(error):
+            raise
+        raise ConfigError(f"{_first_line(error)}{TRAINER_HINT}") from error
+
+
+def build(cfg: DictConfig):
+    """Instantiate (datamodule, learner) from a composed config; the learner carries the config as hparams."""
+    datamodule = instantiate(cfg.data)
+    fit_model_input(cfg.model, datamodule.input_shape())  # the network's input layer follows the data
+    backbone = instantiate(cfg.model)
+    learner = instantiate(cfg.algorithm, backbone=backbone, task=datamodule.task)
+    learner.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, learner
+
+
+def load(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConfig, Any, Any]:
+    """(config, datamodule, learner) of a checkpoint, the config overridden, the learner holding the trained
+    meta-weights in eval mode. The datamodule is not set up (no data is read)."""
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = override_config(ckpt["hyper_parameters"]["config"], overrides)
+    with user_errors():
+        datamodule, learner = build(cfg)
+    out_features = cfg.model.get("out_features")
+    if datamodule.task == "classification" and out_features is not None and datamodule.ways > out_features:
+        raise CheckpointError(
+            f"data.ways={datamodule.ways} but the checkpoint's network has {out_features} outputs; evaluate "
+            f"with data.ways<={out_features} or meta-train a {datamodule.ways}-way model"
+        )
+    check_state_fits(learner, ckpt, str(ckpt_path))
+    learner.load_state_dict(ckpt["state_dict"])
+    return cfg, datamodule, learner.eval()
+
+
+def load_learner(ckpt_path: str | Path, overrides: Sequence[str] = ()):
+    """A trained learner from a train.py checkpoint, ready for `learner.adapt(support_x, support_y)`.
+
+    Example:
+        learner = load_learner("outputs/run/checkpoints/last.ckpt", ["algorithm.eval_inner.steps=50"])
+        predictor = learner.adapt(support_x, support_y)  # meta-weights untouched
+        labels = predictor.classify(query_x)
+    """
+    return load(ckpt_path, overrides)[2]
