@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_meta.config import instantiate, override_config
+from lightning_meta.config import default_run_dir, instantiate, override_config, run_dir_of
 from lightning_meta.data import fit_model_input
 from lightning_meta.errors import CheckpointError, ConfigError, DataError, UserError
 from lightning_meta.resume import check_state_fits, read_checkpoint
@@ -28,22 +27,11 @@ TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trai
 LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning_fabric", "lightning")
 
 
-def run_dir_of(ckpt_path: str | Path) -> Path:
-    """The run directory a checkpoint belongs to: `<run>` for `<run>/checkpoints/<name>.ckpt`, else its folder."""
-    ckpt = Path(ckpt_path)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def resolve_output_dir(cfg: DictConfig) -> Path:
     """The run directory. Refuses a fresh run over another run's checkpoints, and a resume into a directory that
     holds checkpoints of a run other than the one resumed."""
     ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
-    if cfg.output_dir:
-        out = Path(cfg.output_dir)
-    elif ckpt is not None:
-        out = run_dir_of(ckpt)
-    else:
-        out = Path("outputs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(default_run_dir(cfg.output_dir, cfg.ckpt_path))
     held = sorted((out / "checkpoints").glob("*.ckpt"))
     if held and ckpt is None:
         raise ConfigError(

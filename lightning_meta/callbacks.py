@@ -45,9 +45,11 @@ class LastCheckpoint(pl.Callback):
 
     def __init__(self, path: str | Path, every_n_steps: int | None = None, every_minutes: float | None = 5.0) -> None:
         if every_n_steps is not None and every_n_steps < 1:
-            raise ConfigError(f"checkpoint.every_n_steps={every_n_steps}; give 1 or more, or null")
+            raise ConfigError(f"callbacks.last_checkpoint.every_n_steps={every_n_steps}; give 1 or more, or null")
         if every_minutes is not None and not every_minutes > 0:
-            raise ConfigError(f"checkpoint.every_minutes={every_minutes}; give a positive number, or null")
+            raise ConfigError(
+                f"callbacks.last_checkpoint.every_minutes={every_minutes}; give a positive number, or null"
+            )
         self.path = Path(path)
         self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
         self.requested = False  # a signal arrived in this process

@@ -1,10 +1,11 @@
-"""OmegaConf without Hydra: group composition, CLI overrides, signature-checked nodes and `instantiate`.
+"""Hydra composes the config; this module checks it against the code and builds objects from it.
 
-CLI grammar: `[group=name ...] [dotted.key=value ...]`. `configs/train.yaml` names one member of each group under
-`defaults:`; a group file (or an `experiment/` preset) may carry its own `defaults:` (e.g. `data/sinusoid.yaml`
-selects `model: mlp`). Precedence, lowest first: train.yaml, the data member's defaults, the experiment's, the
-command line. A node with `_target_` must bind to that callable's signature: unknown keys and wrong types are
-errors that name the key, the expected type and the nearest valid keys.
+`configs/train.yaml` lists one member of each config group in its defaults list; Hydra composes them with the
+command line (Hydra's override grammar: `group=name`, `dotted.key=value`, `+key=value`, `~key`, sweeps under `-m`).
+Every node with `_target_` must then bind to that callable's signature: unknown keys and wrong types are errors that
+name the key, the expected type and the nearest valid keys. A default is written once, in the constructor's
+signature: `fill_defaults` copies it into the composed config, so `--cfg` and the run's saved config show every key.
+Composition errors of Hydra itself become the same one-line `ConfigError`.
 """
 
 from __future__ import annotations
@@ -13,33 +14,68 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lightning_meta.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("algorithm", "data", "model", "trainer", "logger", "experiment")
-# Groups whose member is a `_target_` node of the composed config (a logger member may be `_target_: null`: none).
-NODE_GROUPS = ("algorithm", "data", "model", "trainer", "logger")
-# `_target_` nodes written in train.yaml itself (not groups); optional, so configs saved before them still load.
-RUN_NODES = ("checkpoint",)
+
+def _config_dir() -> Path:
+    """configs/ inside the installed package (a wheel), else the checkout's top-level configs/."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if (packaged / "train.yaml").is_file() else packaged.parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+GROUPS = ("algorithm", "model", "data", "trainer", "logger", "callbacks", "debug", "experiment", "hparams_search")
+# Groups whose member is one `_target_` node of the composed config.
+NODE_GROUPS = ("algorithm", "data", "model", "trainer")
 # Top-level keys and their types (they have no constructor to bind to).
-RUN_KEYS: dict[str, Any] = {"seed": int, "output_dir": str | None, "ckpt_path": str | None}
+RUN_KEYS: dict[str, Any] = {"seed": int, "output_dir": str | None, "ckpt_path": str | None, "tags": list}
 # Arguments filled in by train() itself, never from the config.
-PROVIDED = {
-    "algorithm": ("backbone", "task"),
-    "trainer": ("callbacks", "logger", "default_root_dir"),
-    "logger": ("save_dir", "root_dir"),  # root_dir: the Fabric base class's name for save_dir
-    "checkpoint": ("path",),
-}
+PROVIDED = {"algorithm": ("backbone", "task"), "trainer": ("callbacks", "logger", "default_root_dir")}
+# Arguments train() fills in when a node leaves them out: a logger's folder, a checkpoint's path, the monitored
+# metric (val/acc or val/mse, by the task).
+FILLED = {"logger": ("save_dir", "root_dir"), "callbacks": ("path", "monitor")}
 # What to write instead of a PROVIDED key that has a config of its own.
-INSTEAD = {"trainer.logger": "choose the logger with logger=tensorboard, logger=csv or logger=none"}
+INSTEAD = {
+    "trainer.logger": "choose the logger with logger=none (or tensorboard, csv, mlflow, wandb, many)",
+    "trainer.callbacks": "add callbacks with callbacks=[default,early_stopping] or +callbacks.<name>._target_=...",
+}
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run directory a checkpoint belongs to: `<run>` for `<run>/checkpoints/<name>.ckpt`, else its folder."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def default_run_dir(output_dir: str | None, ckpt_path: str | None) -> str:
+    """hydra.run.dir: output_dir; else, resuming, the checkpoint's run; else outputs/<date>_<time>."""
+    if output_dir:
+        return str(output_dir)
+    if ckpt_path:
+        return str(run_dir_of(ckpt_path))
+    return f"outputs/{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def _sweep_dir(output_dir: str | None) -> str:
+    return str(output_dir) if output_dir else f"outputs/{datetime.now():%Y-%m-%d_%H-%M-%S}_sweep"
+
+
+# train.yaml's hydra.run.dir and hydra.sweep.dir follow output_dir through these (cached: one timestamp per run).
+for _name, _fn in (("lm.run_dir", default_run_dir), ("lm.sweep_dir", _sweep_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
 
 def _nearest(word: str, options: Sequence[str]) -> str:
@@ -47,45 +83,191 @@ def _nearest(word: str, options: Sequence[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else f"; valid: {', '.join(sorted(options))}"
 
 
-def _read(path: Path) -> tuple[dict, DictConfig]:
-    node = OmegaConf.load(path)
-    defaults = node.pop("defaults", {}) or {}
-    return dict(defaults), node
+def hydra_app(
+    config_name: str = "train", config_path: str | Path | None = None, config_dir: str | None = None,
+    stored: bool = False,
+):
+    """Hydra's application object: the primary config folder (`config_path`, else configs/), an extra folder
+    searched first (`config_dir`, Hydra's --config-dir), then Hydra's own and the plugins' search paths.
+    `stored`: the primary config is a node in Hydra's ConfigStore (eval.py's checkpoint config), not a file."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    primary = Path(config_path or CONFIG_DIR).expanduser().resolve()
+    if not stored and not (primary / f"{config_name}.yaml").is_file():
+        raise ConfigError(f"no config {primary / config_name}.yaml; give --config-path <folder> and --config-name "
+                          "<name> of a saved config (e.g. --config-path outputs/<run>/.hydra --config-name config)")
+    search = create_automatic_config_search_path(None, None, str(primary))
+    if config_dir:
+        extra = Path(config_dir).expanduser().resolve()
+        if not extra.is_dir():
+            raise ConfigError(f"--config-dir {config_dir} is not a folder")
+        search.prepend("command-line", f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    return Hydra.create_main_hydra2(task_name=config_name, config_search_path=search)
 
 
-def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """Split the command line into group selections and dotted overrides."""
-    groups, overrides = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"cannot read argument {arg!r}; write key=value (e.g. data.ways=20 or algorithm=imaml)")
-        if key in GROUPS:
-            groups[key] = value
-        else:
-            overrides.append(arg)
-    return groups, overrides
+def compose(
+    overrides: Sequence[str] = (), config_name: str = "train", config_path: str | Path | None = None,
+    config_dir: str | None = None, multirun: bool = False,
+) -> DictConfig:
+    """The config Hydra composes from `config_name` and the command-line overrides, with its `hydra` node; Hydra's
+    composition errors (an unknown member, key or syntax) become a one-line ConfigError."""
+    from hydra.types import RunMode
+
+    app = hydra_app(config_name, config_path, config_dir)
+    return compose_app(app, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)[0]
 
 
-def split_own_keys(argv: Sequence[str], keys: Sequence[str], own: dict[str, str] | None = None):
-    """(`own`, updated with the `key=value` arguments whose key is one of `keys`; the other arguments): a script's
-    own arguments (eval.py's `ckpt_path`, demo.py's `port`) apart from the config overrides."""
-    own, overrides = dict(own or {}), []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in keys:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    return own, overrides
+def compose_app(app: Any, config_name: str, overrides: Sequence[str], mode: Any = None) -> tuple[DictConfig, list[str]]:
+    """(the composed config, the overrides as composed): `app.compose_config` where an override of an argument
+    the YAML does not list but the node's `_target_` takes becomes `++key=value` (`_signature_override`), and
+    Hydra's composition errors are one-line ConfigErrors."""
+    mode = mode or _run_mode()
+    overrides = list(overrides)
+    _check_members(app, overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            return app.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False), overrides
+        except Exception as error:
+            argument = _signature_override(error, app, config_name, overrides)
+            if argument is None:
+                with hydra_errors(app, config_name, overrides):
+                    raise
+            overrides[argument] = f"++{overrides[argument]}"
+    raise AssertionError("unreachable")
 
 
-def _member(config_dir: Path, group: str, name: str) -> Path:
-    path = config_dir / group / f"{name}.yaml"
-    if not name or "/" in name or "\\" in name or name.startswith(".") or not path.exists():
-        names = [p.stem for p in (config_dir / group).glob("*.yaml")]
-        raise ConfigError(f"no {group} named {name!r}{_nearest(name, names)}")
-    return path
+def _check_members(app: Any, overrides: list[str]) -> None:
+    """A group selection names a member, not a path (`experiment=../train` would load train.yaml)."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if ("/" in value or value.startswith(".")) and app.config_loader.repository.group_exists(key):
+            options = app.config_loader.get_group_options(key)
+            raise ConfigError(f"no {key} named {value!r}{_nearest(value, options)}")
+
+
+def _applied_before(app: Any, overrides: list[str], index: int) -> list[str]:
+    """The overrides Hydra applied before `overrides[index]` failed: every group selection (applied first), then
+    the key overrides in order."""
+    groups = [o for o in overrides[index + 1 :]
+              if app.config_loader.repository.group_exists(o.lstrip("+~").partition("=")[0])]  # fmt: skip
+    return overrides[:index] + groups
+
+
+def _signature_override(error: Exception, app: Any, config_name: str, overrides: list[str]) -> int | None:
+    """The index of the override `node.key[.field]=value` that Hydra refused only because the YAML does not list
+    `key`, while `node`'s `_target_` takes it (`trainer.gradient_clip_val=0.5`, `algorithm.eval_inner.steps=5`:
+    every argument of a node's callable can be set, as with `++`); None for any other error."""
+    from hydra.errors import ConfigCompositionException
+
+    unknown = re.match(r"Could not override '([\w.]+)'", str(error))
+    if not isinstance(error, ConfigCompositionException) or not unknown:
+        return None
+    key = unknown[1]
+    index = next((i for i, o in enumerate(overrides) if o.partition("=")[0] == key), None)
+    if index is None or "." not in key:
+        return None
+    rest = _applied_before(app, overrides, index)
+    try:
+        cfg = app.compose_config(config_name, rest, run_mode=_run_mode(), with_log_configuration=False)
+        depth, node = _target_node(cfg, key)
+        takes = key.split(".")[depth] in signature_params(import_target(node._target_))
+    except Exception:  # the rest does not compose, no node has a _target_, or it cannot be read: Hydra's error stands
+        return None
+    return index if takes else None
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a config's values (not of its nodes, `_target_` or `hydra`), for suggestions."""
+    keys = []
+    for k in cfg if isinstance(cfg, DictConfig) else ():
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig):
+            keys += _all_keys(node, f"{prefix}{k}.") if k != "hydra" else []
+        elif k != "_target_":
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _composition_message(error: Exception, app: Any, config_name: str, overrides: Sequence[str]) -> str:
+    """Hydra's multi-line composition error as one line that names the fix."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("See ")]
+    missing = re.search(r"Could not find '([\w/]+)/([^']*)'", text)
+    if missing:
+        group, name = missing[1], missing[2]
+        options = re.findall(r"^\t(\S+)$", text, re.M)
+        return f"no {group} named {name!r}{_nearest(name, options)}"
+    unknown = re.match(r"Could not (?:override|delete) '([^']+)'", lines[0]) if lines else None
+    if unknown:
+        return _unknown_key_message(unknown[1].lstrip("+~"), app, config_name, list(overrides))
+    parse = re.match(r"Error parsing override '(.*)'$", lines[0]) if lines else None
+    if parse:
+        why = " ".join(lines[1:])
+        why = "" if why.startswith("missing EQUAL") else f"; {why}"
+        return f"cannot read argument {parse[1]!r}; write key=value (e.g. data.ways=20 or algorithm=imaml{why})"
+    return " ".join(lines) or type(error).__name__
+
+
+def _unknown_key_message(key: str, app: Any, config_name: str, overrides: list[str]) -> str:
+    """`unknown key data.wayz for <its node's _target_>; did you mean ways?`, or among all keys when no node with a
+    `_target_` holds it."""
+    index = next((i for i, o in enumerate(overrides) if o.lstrip("+~").partition("=")[0] == key), None)
+    try:
+        rest = _applied_before(app, overrides, index) if index is not None else []
+        cfg = app.compose_config(config_name, rest, run_mode=_run_mode(), with_log_configuration=False)
+    except Exception:  # the other overrides do not compose either: no suggestion
+        return f"unknown key {key}"
+    found = _target_node(cfg, key)
+    if found is not None:
+        depth, node = found
+        params = signature_params(import_target(node._target_))
+        leaf = key.split(".")[depth]
+        if leaf not in params:
+            return f"unknown key {key} for {node._target_}{_nearest(leaf, list(params))}"
+    return f"unknown key {key}{_nearest(key, _all_keys(cfg))}"
+
+
+def _target_node(cfg: DictConfig, key: str) -> tuple[int, DictConfig] | None:
+    """(its depth, the node) of the deepest node with a `_target_` above the dotted `key`, if any."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        node = OmegaConf.select(cfg, ".".join(parts[:i]))
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            return i, node
+    return None
+
+
+def _run_mode():
+    from hydra.types import RunMode
+
+    return RunMode.RUN
+
+
+@contextmanager
+def hydra_errors(app: Any = None, config_name: str = "train", overrides: Sequence[str] = ()) -> Iterator[None]:
+    """Around a Hydra composition: its errors (HydraException, OmegaConf's errors) are a user's mistake."""
+    from hydra.errors import HydraException
+
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_composition_message(error, app, config_name, overrides)) from error
+    except ValueError as error:  # Hydra's own checks of the overrides (e.g. group=null) raise ValueError
+        if not _raised_in(error, "hydra"):
+            raise
+        raise ConfigError(f"{_composition_message(error, app, config_name, overrides)} (remove a group's member "
+                          "with ~group, e.g. ~logger, or choose another: logger=none)") from error  # fmt: skip
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").partition(".")[0] == package
 
 
 def _type_name(annotation: Any) -> str:
@@ -183,7 +365,15 @@ def signature_params(target: Any) -> dict[str, inspect.Parameter]:
     chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
     params: dict[str, inspect.Parameter] = {}
     for fn in chain:
-        hints = typing.get_type_hints(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except NameError:  # a name imported only for type checkers (WandbLogger's `Run`): resolve each on its own
+            hints = {}
+            for name, annotation in inspect.get_annotations(fn).items():
+                try:
+                    hints[name] = eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation
+                except NameError:
+                    pass  # stays the annotation as written, a string, which every value matches
         own = inspect.signature(fn).parameters
         for name, p in own.items():
             if name != "self" and name not in params:
@@ -221,66 +411,27 @@ def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> No
         raise ConfigError(f"{where} lacks required key(s) {', '.join(missing)} of {node._target_}")
 
 
-def _apply_override(cfg: DictConfig, override: str) -> None:
-    key, _, _ = override.partition("=")
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    if not isinstance(parent, DictConfig):
-        raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
-    if leaf not in parent and "_target_" not in parent:  # a _target_ node takes any argument of its signature
-        raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}")
-    text = override.partition("=")[2]
-    if "${" in text:
-        raise ConfigError(f"{override}: interpolations (${{...}}) work in YAML files only; write the value itself")
-    parent[leaf] = OmegaConf.from_dotlist([f"v={text}"])["v"]
+def finalize(cfg: DictConfig, choices: dict | None = None) -> DictConfig:
+    """The task config of a composed one: without its `hydra` node, `selection` recording the member Hydra chose
+    for each group (`choices`, else the `hydra` node's), every constructor default filled in, and everything
+    checked (then read-only in structure)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    hydra_node = plain.pop("hydra", None)
+    out = OmegaConf.create(plain)
+    if choices is None and hydra_node is not None:
+        choices = hydra_node.get("runtime", {}).get("choices", {})
+    saved = out.pop("selection", None) or {}  # a rerun of a saved config: its groups were chosen then
+    out.selection = {g: (choices or {}).get(g, saved.get(g)) for g in GROUPS}
+    _fill_algorithm(out)
+    _validate(out)
+    return out
 
 
-def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for k in cfg:
-        full = f"{prefix}{k}"
-        keys.append(full)
-        v = cfg._get_node(k)
-        if isinstance(v, DictConfig):
-            keys += _all_keys(v, f"{full}.")
-    return keys
-
-
-def load_config(argv: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
-    """Compose `train.yaml`, the selected group members and the overrides; validate everything."""
-    base_defaults, base = _read(config_dir / "train.yaml")
-    groups, overrides = parse_argv(argv)
-    selection = {**base_defaults}
-    experiment = groups.get("experiment", base_defaults.get("experiment"))
-    exp_defaults, exp_node = ({}, OmegaConf.create())
-    if experiment:
-        exp_defaults, exp_node = _read(_member(config_dir, "experiment", experiment))
-    data_name = groups.get("data", exp_defaults.get("data", selection.get("data")))
-    data_defaults, _ = _read(_member(config_dir, "data", data_name))
-    selection.update(data_defaults)
-    selection.update(exp_defaults)
-    selection.update(groups)
-    cfg = base
-    for group in NODE_GROUPS:
-        _, node = _read(_member(config_dir, group, selection[group]))
-        cfg[group] = node
-    _apply_data_settings(cfg, selection["algorithm"])
-    cfg = OmegaConf.merge(cfg, exp_node)
-    _fill_algorithm(cfg)
-    for override in overrides:
-        _apply_override(cfg, override)
-    _fill_algorithm(cfg)  # again, for an overridden algorithm._target_
-    cfg.selection = {g: selection.get(g) for g in GROUPS}
-    _validate(cfg)
-    return cfg
-
-
-def _apply_data_settings(cfg: DictConfig, algorithm: str) -> None:
-    """A data member's `algorithm_settings.<algorithm>`: the algorithm keys that dataset needs (e.g. sine regression's
-    inner step sizes), below the experiment and the command line."""
-    settings = cfg.data.pop("algorithm_settings", None) or {}
-    if algorithm in settings:
-        cfg.algorithm = OmegaConf.merge(cfg.algorithm, settings[algorithm])
+def load_config(
+    argv: Sequence[str] = (), config_dir: Path | str = CONFIG_DIR, config_name: str = "train"
+) -> DictConfig:
+    """Compose `config_name` with Hydra and the overrides `argv`; fill and check everything (`finalize`)."""
+    return finalize(compose(argv, config_name=config_name, config_path=config_dir))
 
 
 def _fill_algorithm(cfg: DictConfig) -> None:
@@ -289,49 +440,79 @@ def _fill_algorithm(cfg: DictConfig) -> None:
 
 
 def override_config(saved: dict, overrides: Sequence[str] = ()) -> DictConfig:
-    """A run's saved (resolved) config with `dotted.key=value` overrides, validated like `load_config`.
+    """A run's saved (resolved) config with overrides in Hydra's grammar (`key=value`, `+key=value`, `~key`),
+    checked like `load_config`.
 
     The saved config has its interpolations resolved, so an override changes that key only: `seed=1` leaves
     `data.seed` as trained (override `data.seed` to draw other episodes). Group selections cannot change.
     """
-    groups, dotted = parse_argv(overrides)
-    if groups:
-        chosen = " ".join(f"{group}={name}" for group, name in groups.items())
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    chosen = [o for o in overrides if o.partition("=")[0] in GROUPS and o.partition("=")[2]]
+    if chosen:
         raise ConfigError(
-            f"{chosen} selects a config group, which a saved run cannot change; override its keys instead "
-            "(e.g. algorithm.eval_inner.steps=10 or data.shots=5)"
+            f"{' '.join(chosen)} selects a config group, which a saved run cannot change; override its keys "
+            "instead (e.g. algorithm.eval_inner.steps=10 or data.shots=5)"
         )
     cfg = OmegaConf.create(saved)
-    for override in dotted:
-        _apply_override(cfg, override)
+    OmegaConf.set_struct(cfg, True)
+    with hydra_errors():
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+        except (OmegaConfBaseException, ValueError) as error:
+            key = (re.search(r"full_key: (\S+)", str(error)) or re.search(r"'([^']+)'", str(error)) or [0, ""])[1]
+            raise ConfigError(f"unknown key {key}{_nearest(key, _all_keys(cfg))}") from error
+    OmegaConf.set_struct(cfg, False)
     _validate(cfg)
     return cfg
 
 
 def _validate(cfg: DictConfig) -> None:
     for key, annotation in RUN_KEYS.items():
-        if key not in cfg:
-            raise ConfigError(f"train.yaml lacks the run key {key}")
-        if not _matches(cfg[key], annotation):
+        if key not in cfg and key != "tags":  # tags: optional
+            raise ConfigError(f"the config lacks the run key {key}")
+        if key in cfg and not _matches(cfg[key], annotation):
             raise ConfigError(f"{key}={cfg[key]!r} has the wrong type; expected {_type_name(annotation)}")
-    extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - set(RUN_NODES) - {"selection"}
+    extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - {"selection"}
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}{_nearest(min(extra), RUN_KEYS)}")
     try:
         OmegaConf.resolve(cfg)
     except Exception as error:  # an interpolation that names a missing key
         raise ConfigError(f"cannot resolve the config: {error}") from error
-    for group in (*NODE_GROUPS, *RUN_NODES):
-        if group in ("logger", *RUN_NODES) and (group not in cfg or cfg[group].get("_target_", 0) is None):
-            continue  # optional (absent from configs saved before it existed), or `_target_: null` for none
-        if "_target_" not in cfg[group]:
+    for group in NODE_GROUPS:
+        if "_target_" not in cfg.get(group, {}):
             raise ConfigError(f"{group} config has no _target_")
         for key in PROVIDED.get(group, ()):
             if key in cfg[group]:
                 instead = INSTEAD.get(f"{group}.{key}", "remove it from the config")
                 raise ConfigError(f"{group}.{key} is set by train.py itself; {instead}")
         check_node(cfg[group], group, PROVIDED.get(group, ()))
+    for group in ("logger", "callbacks"):
+        for where, node in named_nodes(cfg.get(group), group):
+            check_node(node, where, FILLED[group])
     OmegaConf.set_struct(cfg, True)
+
+
+def named_nodes(node: Any, where: str) -> list[tuple[str, DictConfig]]:
+    """The `_target_` nodes of a logger or callbacks config as (dotted name, node): none for null or
+    `_target_: null`, the node itself, or each entry of a mapping of names to nodes (`logger=many`, callbacks)."""
+    if node is None or (isinstance(node, DictConfig) and "_target_" in node and node._target_ is None):
+        return []
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{where}={node!r}: give a _target_ node, a mapping of names to _target_ nodes, or null")
+    if "_target_" in node:
+        return [(where, node)]
+    pairs = []
+    for name, child in node.items():
+        if child is None:  # ~ or null: removed from the mapping
+            continue
+        if not isinstance(child, DictConfig) or "_target_" not in child:
+            raise ConfigError(f"{where}.{name} has no _target_; each entry of {where} is a _target_ node")
+        pairs.append((f"{where}.{name}", child))
+    return pairs
 
 
 def instantiate(node: DictConfig | dict, **kwargs: Any) -> Any:

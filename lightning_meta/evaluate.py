@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,18 +22,21 @@ from omegaconf import OmegaConf
 from lightning_meta import cli
 from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.build import load, run_dir_of, trainer_errors, user_errors
-from lightning_meta.config import instantiate, split_own_keys
+from lightning_meta.config import instantiate
 from lightning_meta.errors import ConfigError, DivergenceError
 from lightning_meta.metrics import EpisodeMetrics
 
-EVAL_KEYS = ("ckpt_path", "json_path", "allow_nonfinite")  # arguments of eval.py itself, not config keys
+# eval.py's own keys and their defaults (None: required), beside the overrides of the checkpoint's saved config.
+EVAL_KEYS = {"ckpt_path": None, "json_path": None, "allow_nonfinite": False}
 USAGE = """usage: python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt [json_path=<file>] [allow_nonfinite=true]
-                   [dotted.key=value ...]
+                   [--cfg job] [dotted.key=value ...]
 
   ckpt_path        a checkpoint written by train.py (its saved config rebuilds the learner and the episodes)
   json_path        where to write the report (default: <run>/eval_<checkpoint>_<setting>.json)
   allow_nonfinite  true: report the mean over the finite episodes when some diverge (default: an error)
-  dotted.key=value any key of the saved config, e.g. data.test_episodes=10000 algorithm.eval_inner.steps=50"""
+  dotted.key=value any key of the saved config, e.g. data.test_episodes=10000 algorithm.eval_inner.steps=50
+                   (Hydra's grammar: +key=value adds a key a _target_ accepts, ~key removes one)
+  --cfg job        print the checkpoint's config with the overrides and these keys, and exit"""
 
 
 def figure(metrics: dict[str, float], key: str, task: str) -> str:
@@ -153,27 +155,12 @@ def write_report(report: dict, path: Path, task: str) -> None:
     print(f"wrote {path}")
 
 
-def parse_eval_argv(argv: Sequence[str]) -> tuple[str, str | None, list[str], bool]:
-    """(ckpt_path, json_path, overrides, allow_nonfinite) from `ckpt_path=... [json_path=...]
-    [allow_nonfinite=true] [dotted.key=value ...]`."""
-    own, overrides = split_own_keys(argv, EVAL_KEYS)
-    if not own.get("ckpt_path"):
-        raise ConfigError("give the checkpoint to evaluate: eval.py ckpt_path=<run>/checkpoints/<name>.ckpt")
-    allow = own.get("allow_nonfinite", "false").lower()
-    if allow not in ("true", "false"):
-        raise ConfigError(f"allow_nonfinite={own['allow_nonfinite']}; write allow_nonfinite=true or false")
-    return own["ckpt_path"], own.get("json_path"), overrides, allow == "true"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python eval.py [--help] ckpt_path=... [json_path=...] [allow_nonfinite=true] [dotted.key=value ...]`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        print(USAGE)
-        return 0
+    """`python eval.py [--help] [--cfg job] ckpt_path=... [json_path=...] [allow_nonfinite=true] [key=value ...]`."""
 
-    def run() -> None:
-        ckpt_path, json_path, overrides, allow_nonfinite = parse_eval_argv(argv)
-        evaluate(ckpt_path, overrides, json_path, allow_nonfinite)
+    def task(own: dict, overrides: list[str]) -> None:
+        if not isinstance(own["allow_nonfinite"], bool):
+            raise ConfigError(f"allow_nonfinite={own['allow_nonfinite']}; write allow_nonfinite=true or false")
+        evaluate(str(own["ckpt_path"]), overrides, own["json_path"], own["allow_nonfinite"])
 
-    return cli.guarded(run)
+    return cli.saved_run_main(argv, "eval", EVAL_KEYS, USAGE, task)

@@ -1,4 +1,5 @@
-"""TensorBoard review of evaluation: the adaptation curve and one adapted episode, at each validation/test.
+"""Review of evaluation: the adaptation curve and one adapted episode, at each validation/test, as figures for
+every logger that takes images (TensorBoard, MLflow, W&B: `loggers.log_figure`).
 
 Figures are rendered with matplotlib's Agg canvas (no pyplot, no display) and logged as images, so
 TensorBoard's step slider walks through them over training; the scalars themselves (`val/acc_step5`, ...)
@@ -8,13 +9,12 @@ batch (the same episode every time, since evaluation episodes are fixed by the s
 
 from __future__ import annotations
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_meta.data.episode import Episode
+from lightning_meta.loggers import figure_loggers, log_figure, render
 from lightning_meta.metrics import EpisodeMetrics
 
 CORRECT, WRONG = (0.1, 0.75, 0.1), (0.9, 0.1, 0.1)
@@ -39,15 +39,6 @@ def image_grid(images: Tensor, columns: int, frame: int = 2, border: Tensor | No
         cell[:] = 0.0 if border is None else border[i, :, None, None]
         cell[:, frame : frame + height, frame : frame + width] = images[i]
     return grid.permute(1, 2, 0)
-
-
-def render(figure) -> np.ndarray:
-    """Draw a matplotlib figure off-screen. Shapes: -> (H, W, 3) uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def curve_figure(points: dict[int, tuple[float, float]], name: str, title: str):
@@ -127,7 +118,7 @@ def episode_figure(learner, episode: Episode, max_images: int = 20):
 
 
 class EvaluationReview(pl.Callback):
-    """Logs to TensorBoard at the end of each validation and test run, on rank 0 only:
+    """Logs to every logger that takes images, at the end of each validation and test run, on rank 0 only:
     `<stage>/adaptation_curve`, the query metric against inner steps (the learner's `eval_curve_steps` and
     `eval_inner.steps`), and `<stage>/episode`, the first evaluation episode adapted and predicted.
 
@@ -157,8 +148,8 @@ class EvaluationReview(pl.Callback):
             self._episode = Episode(*(field[0].detach().cpu() for field in batch))  # one task
 
     def _log(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not trainer.is_global_zero or not writers:
+        loggers = figure_loggers(trainer.loggers)
+        if not trainer.is_global_zero or not loggers:
             return
         images = {}
         curve = self.curve_points(trainer.callback_metrics, pl_module, stage)
@@ -170,9 +161,8 @@ class EvaluationReview(pl.Callback):
             figure = episode_figure(pl_module, self._episode, self.max_images)
             if figure is not None:
                 images["episode"] = render(figure)
-        for writer in writers:
-            for tag, image in images.items():
-                writer.add_image(f"{stage}/{tag}", image, trainer.global_step, dataformats="HWC")
+        for tag, image in images.items():
+            log_figure(loggers, f"{stage}/{tag}", image, trainer.global_step)
         self._episode = None
 
     @staticmethod

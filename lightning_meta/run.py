@@ -15,36 +15,46 @@ from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from lightning_meta import cli
+from lightning_meta import cli, search
 from lightning_meta.algorithms.scaling import check_trainer
 from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.build import build, resolve_output_dir, trainer_errors, user_errors
-from lightning_meta.callbacks import LastCheckpoint, NonFiniteGuard
-from lightning_meta.config import instantiate
+from lightning_meta.callbacks import LastCheckpoint
+from lightning_meta.config import import_target, instantiate, named_nodes
 from lightning_meta.errors import ConfigError, DivergenceError
+from lightning_meta.loggers import close, finish, hparams_off, log_config, make_loggers
 from lightning_meta.metrics import EpisodeMetrics
 from lightning_meta.resume import check_resume_config, check_state_fits, read_checkpoint
-from lightning_meta.review import EvaluationReview
 
 
 def callbacks(cfg: DictConfig, out: Path, task: str, validate: bool) -> list[pl.Callback]:
-    """Best-by-validation checkpoints, then the non-finite guard before `LastCheckpoint` (so a non-finite step is
-    stopped before last.ckpt could be rewritten), then the TensorBoard review."""
-    ckpt_dir = out / "checkpoints"
+    """The callbacks config's nodes in order (callbacks/default.yaml: best checkpoint, non-finite guard before
+    `LastCheckpoint`, so that a non-finite step is stopped before last.ckpt could be rewritten, then the evaluation
+    review), with what a node leaves out filled from the run: a ModelCheckpoint's folder <out>/checkpoints, its file
+    name and metric (best-<step> by val/acc, or val/mse for regression; step-<step> without validation), an
+    EarlyStopping's metric, a LastCheckpoint's path."""
     name = EpisodeMetrics.metric_name(task)
-    if validate:
-        best = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best-{step}", monitor=f"val/{name}", mode="max" if name == "acc" else "min",
-            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
-        )  # fmt: skip
-    else:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=1, enable_version_counter=False)
-    node = cfg.get("checkpoint") or {"_target_": "lightning_meta.callbacks.LastCheckpoint"}
-    last = instantiate(node, path=ckpt_dir / "last.ckpt")
-    return [best, NonFiniteGuard(), last, EvaluationReview()]
+    metric = {"monitor": f"val/{name}", "mode": "max" if name == "acc" else "min"}
+    made = []
+    for where, node in named_nodes(cfg.get("callbacks"), "callbacks"):
+        spec = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
+        target = import_target(spec["_target_"])
+        if issubclass(target, ModelCheckpoint):
+            fill = {"dirpath": str(out / "checkpoints"), "filename": "step-{step}"}
+            fill.update({"filename": "best-{step}", **metric} if validate else {})
+        elif issubclass(target, EarlyStopping):
+            if not validate and "monitor" not in spec:
+                raise ConfigError(f"{where} stops on validation, but data.val_episodes=0 gives none; give "
+                                  "data.val_episodes=1 or more, or drop early_stopping from callbacks")  # fmt: skip
+            fill = metric
+        elif issubclass(target, LastCheckpoint):
+            fill = {"path": out / "checkpoints" / "last.ckpt"}
+        else:
+            fill = {}
+        made.append(instantiate({**fill, **spec}))
+    return made
 
 
 class Prepared(NamedTuple):
@@ -52,7 +62,7 @@ class Prepared(NamedTuple):
     datamodule: Any
     learner: pl.LightningModule
     trainer: pl.Trainer
-    logger: Any
+    loggers: list
 
 
 def check_run(cfg: DictConfig, datamodule, trainer: pl.Trainer) -> None:
@@ -86,39 +96,41 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
     if ckpt is not None:
         check_state_fits(learner, ckpt, cfg.ckpt_path)
     validate = getattr(datamodule, "val_episodes", 0) > 0
-    logger_node = cfg.get("logger")
-    logger = None
-    if logger_node is not None and logger_node.get("_target_") is not None:
-        logger = instantiate(logger_node, save_dir=str(out))
+    with trainer_errors():  # a logger refuses its settings as the Trainer does (MisconfigurationException)
+        loggers = make_loggers(cfg.get("logger"), out)
+    hparams_off(learner, datamodule)  # the loggers get the whole config (log_config), not the algorithm's arguments
     run_callbacks = [*callbacks(cfg, out, datamodule.task, validate), *extra_callbacks]
+    run_callbacks += search.trial_callbacks(datamodule.task, validate)  # an Optuna trial's job: report, prune
     with trainer_errors():
-        trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=logger or False, default_root_dir=str(out))
+        trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=loggers or False, default_root_dir=str(out))
     check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
     check_run(cfg, datamodule, trainer)
     with user_errors():
         datamodule.setup("fit")  # reads the data now: a missing or corrupt file is reported before any write
-    return Prepared(out, datamodule, learner, trainer, logger)
+    return Prepared(out, datamodule, learner, trainer, loggers)
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics and
     writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own."""
     keep_freed_memory()  # lightning_meta/allocator.py: no page faults on every large tensor (CPU)
-    out, datamodule, learner, trainer, logger = prepare(cfg, extra_callbacks)
+    out, datamodule, learner, trainer, loggers = prepare(cfg, extra_callbacks)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(learner.hparams["config"], out / "config.yaml")
+        cli.write_rerun_files(out)
+        log_config(loggers, learner.hparams["config"], out / "config.yaml")
     trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.interrupted or LastCheckpoint.stopped_on_request(trainer):
+        close(loggers, "failed" if trainer.interrupted else "success")
         return {}
     best = trainer.checkpoint_callback.best_model_path if datamodule.val_episodes > 0 else ""
     results = trainer.test(learner, datamodule=datamodule, ckpt_path=best or None, verbose=True)
     metrics = results[0] if results else {}
     if trainer.is_global_zero:
         (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    if isinstance(logger, TensorBoardLogger):
-        # The HParams tab compares runs by their config, flattened to algorithm/inner/lr, data/ways, ...
-        logger.log_hyperparams(learner.hparams["config"], metrics, step=trainer.global_step)
+    # TensorBoard's HParams tab compares runs by their config against the test metrics; then every logger is closed
+    finish(loggers, learner.hparams["config"], metrics, step=trainer.global_step)
     bad = int(metrics.get("test/nonfinite_episodes", 0))
     if bad:
         raise DivergenceError(
@@ -126,6 +138,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
             f"(figures in {out / 'test_metrics.json'} are over the finite ones); the checkpoints are kept: "
             "re-evaluate with eval.py and a lower algorithm.eval_inner.lr or fewer algorithm.eval_inner.steps"
         )
+    if best and trainer.checkpoint_callback.best_model_score is not None:  # the objective of a search: val/best
+        metrics["val/best"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics
 
 

@@ -50,7 +50,7 @@ CONFIG = [
     pytest.param(["experiment=../train"], ["no experiment named '../train'", "valid:"], id="member-as-path"),
     pytest.param(["data.ways=abc"], ["data.ways='abc'", "expects int"], id="wrong-type"),
     pytest.param(["trainer.precision=bf17"], ["'bf16-mixed'", "'32-true'"], id="precision-value"),
-    pytest.param(["data.ways=${seed}"], ["interpolations", "write the value itself"], id="interpolation"),
+    pytest.param(["data.ways=${nope}"], ["cannot resolve the config", "'nope' not found"], id="interpolation"),
     pytest.param(["data.ways"], ["cannot read argument 'data.ways'", "key=value"], id="no-equals"),
     pytest.param(["--hepl"], ["unknown option --hepl", "--help"], id="unknown-option"),
     pytest.param(["sed=3"], ["unknown key sed", "seed"], id="unknown-run-key"),
@@ -58,6 +58,8 @@ CONFIG = [
     pytest.param(["trainer.callbacks=[]"], ["trainer.callbacks is set by train.py itself"], id="provided-key"),
     pytest.param(["logger=csvv"], ["no logger named 'csvv'", "csv"], id="unknown-logger"),
     pytest.param(["-m", "seed=0,1", "ckpt_path=x.ckpt"], ["sweep cannot resume"], id="sweep-resume"),
+    pytest.param(["-m", "trainer.devices=2", "trainer.strategy=ddp", "seed=0,1"], ["one process", "submitit_slurm"],
+                 id="sweep-ddp"),
 ]
 VALUES = [
     pytest.param(["data.ways=0"], ["data.ways=0"], id="ways-0"),
@@ -66,7 +68,10 @@ VALUES = [
     pytest.param(["algorithm.inner.steps=-1"], ["algorithm.inner.steps=-1"], id="inner-steps-negative"),
     pytest.param(["data.queries=0"], ["data.queries=0", "data.queries=1 or more"], id="queries-0"),
     pytest.param(["trainer.max_steps=0"], ["trainer.max_steps=0", "1 or more"], id="max-steps-0"),
-    pytest.param(["checkpoint.every_n_steps=0"], ["checkpoint.every_n_steps=0"], id="checkpoint-every-0"),
+    pytest.param(
+        ["callbacks.last_checkpoint.every_n_steps=0"], ["callbacks.last_checkpoint.every_n_steps=0"],
+        id="checkpoint-every-0",
+    ),
     pytest.param(["trainer.precision=16-mixed"], ["16-mixed needs a CUDA GPU", "bf16-mixed"], id="fp16-on-cpu"),
     pytest.param(["trainer.accumulate_grad_batches=2"], ["data.meta_batch_size"], id="accumulate"),
     pytest.param(["trainer.inference_mode=true"], ["trainer.inference_mode=false"], id="inference-mode"),
@@ -218,7 +223,7 @@ def test_nonfinite_resume_keeps_the_last_good_checkpoint(run_copy, capsys, snaps
     """A step size that diverges stops at the first step with the step, the quantity and the fix; the
     checkpoints on disk are the ones from before (never overwritten by non-finite weights)."""
     before = snapshot(run_copy / "checkpoints")
-    args = [*SINE, "trainer.max_steps=8", "checkpoint.every_n_steps=1", "algorithm.inner.lr=1e10",
+    args = [*SINE, "trainer.max_steps=8", "callbacks.last_checkpoint.every_n_steps=1", "algorithm.inner.lr=1e10",
             f"ckpt_path={run_copy / 'checkpoints' / 'last.ckpt'}"]  # fmt: skip
     line = refused(train_main, args, capsys, "step 5", "not finite", "algorithm.inner.lr (now 1e+10)", "is kept")
     assert "last.ckpt (step 4) is kept" in line
@@ -226,7 +231,8 @@ def test_nonfinite_resume_keeps_the_last_good_checkpoint(run_copy, capsys, snaps
 
 
 def test_nonfinite_fresh_run_writes_no_checkpoint(tmp_path, capsys):
-    args = [*SINE, "algorithm.inner.lr=1e10", "checkpoint.every_n_steps=1", f"output_dir={tmp_path / 'run'}"]
+    args = [*SINE, "algorithm.inner.lr=1e10", "callbacks.last_checkpoint.every_n_steps=1",
+            f"output_dir={tmp_path / 'run'}"]  # fmt: skip
     refused(train_main, args, capsys, "step 1", "meta-gradient is not finite", "lower algorithm.inner.lr")
     assert not list((tmp_path / "run").rglob("*.ckpt"))
 

@@ -139,7 +139,7 @@ def test_entry_points_import_build_not_each_other():
     for module in (f"{ROOT}.cli", f"{ROOT}.evaluate"):
         seen = reachable(graph, module)
         assert f"{ROOT}.run" not in seen, path_to(seen, f"{ROOT}.run")
-    assert f"{ROOT}.build" in graph[f"{ROOT}.cli"] and f"{ROOT}.build" in graph[f"{ROOT}.evaluate"]
+    assert f"{ROOT}.build" in graph[f"{ROOT}.run"] and f"{ROOT}.build" in graph[f"{ROOT}.evaluate"]
 
 
 def test_compat_stands_on_lightning_alone():

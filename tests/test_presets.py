@@ -92,7 +92,7 @@ def _leaves(node, prefix=""):
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_lists_only_what_differs(name):
     preset = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"))
-    groups = preset.pop("defaults", {})
+    groups = {key.rpartition("/")[2]: member for entry in preset.pop("defaults", []) for key, member in entry.items()}
     without = load_config([f"{group}={member}" for group, member in groups.items()])
     with_preset = load_config([f"experiment={name}"])
     for key, value in _leaves(preset):

@@ -30,6 +30,9 @@ SINES = [
 ]  # fmt: skip
 
 
+LAST = "callbacks.last_checkpoint"
+
+
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run's TensorBoard event files: tag -> [(step, value), ...] in step order."""
     tags: dict[str, list[tuple[int, float]]] = {}
@@ -121,9 +124,9 @@ class LastStep(pl.Callback):
 @pytest.mark.parametrize(
     "every, expected",
     [
-        (["checkpoint.every_n_steps=2", "checkpoint.every_minutes=null"], [None, 2, 2, 4, 4, 6]),
-        (["checkpoint.every_n_steps=null", "checkpoint.every_minutes=1e-9"], [1, 2, 3, 4, 5, 6]),
-        (["checkpoint.every_n_steps=null", "checkpoint.every_minutes=null"], [None] * 6),
+        ([f"{LAST}.every_n_steps=2", f"{LAST}.every_minutes=null"], [None, 2, 2, 4, 4, 6]),
+        ([f"{LAST}.every_n_steps=null", f"{LAST}.every_minutes=1e-9"], [1, 2, 3, 4, 5, 6]),
+        ([f"{LAST}.every_n_steps=null", f"{LAST}.every_minutes=null"], [None] * 6),
     ],
     ids=["by-steps", "by-time", "end-only"],
 )
@@ -146,19 +149,29 @@ def test_logger_is_chosen_in_the_config(logger, files, tmp_path):
         rows = (out / files).read_text().splitlines()
         assert "train/query_loss" in rows[0] and len(rows) > 4
     else:
-        assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "test_metrics.json"]
+        assert sorted(p.name for p in out.iterdir()) == [".hydra", "checkpoints", "config.yaml", "test_metrics.json"]
 
 
 def test_help_lists_groups_members_and_keys_with_comments(capsys):
     assert main(["--help", "algorithm=maml", "data.ways=20"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python train.py")
-    assert re.search(r"^  algorithm  fomaml .*imaml \[maml\] ", text, re.M)
-    assert "  logger     csv none [tensorboard]" in text
+    assert re.search(r"^  algorithm +fomaml .*imaml \[maml\] ", text, re.M)
+    assert re.search(r"^  logger +csv many mlflow none \[tensorboard\] wandb$", text, re.M)
+    assert re.search(r"^  hydra/launcher +\[basic\] joblib slurm submitit_local submitit_slurm$", text, re.M)
+    assert re.search(r"^  hparams_search +.*maml_omniglot_5w1s", text, re.M)
     assert re.search(r"^  data.ways=20 +# N, classes per task", text, re.M)
     assert re.search(r"^  algorithm.inner.lr=0.4 +# ", text, re.M)
     assert re.search(r"^  trainer.max_steps=20000 +# meta-iterations", text, re.M)
-    assert re.search(r"^  checkpoint.every_minutes=5.0 +# ", text, re.M)
+    assert re.search(r"^  callbacks.last_checkpoint.every_minutes=5.0 +# ", text, re.M)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 118
+    # Notes wrap at word boundaries: a continuation line starts a word the line above did not cut.
+    for above, below in zip(lines, lines[1:], strict=False):
+        if re.match(r"^ {44,}  # ", below):
+            assert re.search(r"\w$|[.,;:)]$", above) and re.match(r"^ +# \S", below)
+    experiments = [line for line in lines if line.startswith("  experiment ")]
+    assert experiments and all(len(line) <= 118 for line in experiments)
 
 
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
@@ -173,12 +186,13 @@ def test_sweep_runs_each_combination_in_its_own_directory(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["-m", *SINES, *QUIET, "seed=0,1", "model.hidden=[8],[4,4]", f"output_dir={out}"]) == 0
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == ["0_seed=0,model.hidden=-8-", "1_seed=0,model.hidden=-4,4-", "2_seed=1,model.hidden=-8-",
-                    "3_seed=1,model.hidden=-4,4-"]  # fmt: skip
+    assert runs == ["0_model.hidden=[8],seed=0", "1_model.hidden=[8],seed=1", "2_model.hidden=[4,4],seed=0",
+                    "3_model.hidden=[4,4],seed=1"]  # fmt: skip
     for run in runs:
         config = OmegaConf.load(out / run / "config.yaml")
-        assert config.seed == int(run.split("seed=")[1][0]) and (out / run / "test_metrics.json").is_file()
+        assert config.seed == int(run[-1]) and (out / run / "test_metrics.json").is_file()
+        assert config.output_dir == str(out / run)
     table = (out / "sweep.md").read_text().splitlines()
-    assert table[0].startswith("| run | seed | model.hidden | result | test/episodes |") and len(table) == 6
-    assert table[2].startswith("| 0 | 0 | [8] | ok | 4 |")
+    assert table[0].startswith("| job | overrides | result | test/episodes |") and len(table) == 6
+    assert table[2].startswith("| 0 | model.hidden=[8] seed=0 | ok | 4 |")
     assert "\n".join(table) in capsys.readouterr().out

@@ -59,6 +59,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         train_queries: query examples per class in meta-training.
         eval_batch_size: episodes per evaluation batch on each rank (default: meta_batch_size).
         num_workers: DataLoader worker processes.
+        train_tasks: meta-train on training tasks 0..train_tasks-1 only, over and over (debug=overfit); null: new
+            tasks every meta-iteration.
     """
 
     task: ClassVar[str] = "classification"
@@ -76,6 +78,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         train_queries: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        train_tasks: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in dict(ways=ways, shots=shots, meta_batch_size=meta_batch_size).items():
@@ -92,6 +95,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.train_queries = queries if train_queries is None else train_queries
         self.eval_batch_size = eval_batch_size or meta_batch_size
         self.num_workers = num_workers
+        if train_tasks is not None and train_tasks < 1:
+            raise ConfigError(f"data.train_tasks={train_tasks}; give 1 or more, or null for new tasks every step")
+        self.train_tasks = train_tasks
         self.sources: dict[str, TaskSource] = {}
         self.cache_paths: list[Path] = []  # decoded caches this dataset reads, for the setup line
 
@@ -152,6 +158,8 @@ class EpisodicDataModule(pl.LightningDataModule):
             raise ConfigError("set trainer.max_steps (the number of meta-iterations); the task stream is sized by it")
         stop = max(trainer.max_steps, start + 1)
         ids = range(rank, stop * self.meta_batch_size, world)  # item t: this rank's share of meta-batch t
+        if self.train_tasks:  # the same few tasks again and again (debug=overfit)
+            ids = [i % self.train_tasks for i in ids]
         shots_queries = (self.train_shots, self.train_queries)
         dataset = EpisodeBatches(
             self.sources["train"], self.seed, "train", shots_queries, ids, self.meta_batch_size // world

@@ -13,23 +13,31 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-from lightning_meta.config import split_own_keys
+from lightning_meta import cli
 from lightning_meta.demo.fewshot import Demo, load_demo
 from lightning_meta.demo.render import DrawingError
-from lightning_meta.errors import CheckpointError, ConfigError, UserError
+from lightning_meta.errors import CheckpointError, ConfigError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "omniglot_5way.ckpt"
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/": ("index.html", "text/html"), "/demo.js": ("demo.js", "text/javascript"),
          "/demo.css": ("demo.css", "text/css")}  # fmt: skip
-DEMO_KEYS = ("ckpt_path", "host", "port")  # arguments of demo.py itself, not config keys
+# demo.py's own keys and their defaults, beside the overrides of the checkpoint's saved config.
+DEMO_KEYS = {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "127.0.0.1", "port": 8000}
+USAGE = """usage: python demo.py [ckpt_path=<run>/checkpoints/<name>.ckpt] [host=127.0.0.1] [port=8000] [--cfg job]
+                   [dotted.key=value ...]
+
+  ckpt_path        a train.py checkpoint of greyscale image classification (default: the one shipped with the demo)
+  host, port       where to serve the page (port=0: any free port)
+  dotted.key=value any key of the checkpoint's saved config, e.g. algorithm.eval_inner.steps=10
+  --cfg job        print the checkpoint's config with the overrides and these keys, and exit"""
 MAX_BODY = 8 * 2**20  # bytes of one request
 
 
@@ -148,34 +156,29 @@ def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: 
     return DemoServer((host, port), demo, verbose)
 
 
-def parse_demo_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """({ckpt_path, host, port}, overrides) from `[ckpt_path=...] [host=...] [port=...] [dotted.key=value ...]`."""
-    defaults = {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "127.0.0.1", "port": "8000"}
-    own, overrides = split_own_keys(argv, DEMO_KEYS, defaults)
-    if not own["port"].isdigit() or int(own["port"]) > 65535:
-        raise ConfigError(f"port={own['port']} is not a port number; give e.g. port=8000 (0: any free port)")
-    if not Path(own["ckpt_path"]).is_file() and own["ckpt_path"] == str(DEFAULT_CHECKPOINT):
+def serve(own: dict[str, Any], overrides: list[str]) -> None:
+    """Load the demo of `own["ckpt_path"]` with `overrides` and serve it on `own["host"]:own["port"]` until
+    Ctrl-C or SIGTERM."""
+    port, ckpt_path = own["port"], str(own["ckpt_path"])
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port} is not a port number; give e.g. port=8000 (0: any free port)")
+    if not Path(ckpt_path).is_file() and ckpt_path == str(DEFAULT_CHECKPOINT):
         raise CheckpointError(
             f"no checkpoint given and none shipped at {DEFAULT_CHECKPOINT}; train one with "
             "python train.py experiment=demo_omniglot output_dir=outputs/demo, then "
             "python demo.py ckpt_path=outputs/demo/checkpoints/last.ckpt"
         )
-    return own, overrides
+    demo = load_demo(ckpt_path, overrides)
+    try:
+        server = make_server(demo, str(own["host"]), port, verbose=True)
+    except OSError as error:  # the port is in use or privileged, or the host is not this machine's
+        raise ConfigError(f"cannot serve on host={own['host']} port={port} ({error}); give another port "
+                          "(port=0: any free port) or host") from error  # fmt: skip
+    host, port = server.server_address[:2]
+    print(f"demo of {ckpt_path} ({demo.ways}-way): open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
+    serve_until_interrupted(server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        own, overrides = parse_demo_argv(sys.argv[1:] if argv is None else argv)
-        demo = load_demo(own["ckpt_path"], overrides)
-        try:
-            server = make_server(demo, own["host"], int(own["port"]), verbose=True)
-        except OSError as error:  # the port is in use or privileged, or the host is not this machine's
-            raise ConfigError(f"cannot serve on host={own['host']} port={own['port']} ({error}); give another "
-                              "port (port=0: any free port) or host") from error  # fmt: skip
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    host, port = server.server_address[:2]
-    print(f"demo of {own['ckpt_path']} ({demo.ways}-way): open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-    serve_until_interrupted(server)
-    return 0
+    """`python demo.py [--help] [--cfg job] [ckpt_path=...] [host=...] [port=...] [key=value ...]`."""
+    return cli.saved_run_main(argv, "demo", DEMO_KEYS, USAGE, serve)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
 from lightning_meta.demo.fewshot import load_demo
 from lightning_meta.demo.server import (
@@ -20,17 +21,17 @@ from lightning_meta.demo.server import (
     DemoServer,
     main,
     make_server,
-    parse_demo_argv,
     serve_until_interrupted,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_arguments_split_into_the_demos_own_and_config_overrides():
-    own, overrides = parse_demo_argv(["port=0", "algorithm.eval_inner.steps=5", "host=0.0.0.0"])
-    assert own == {"ckpt_path": str(DEFAULT_CHECKPOINT), "host": "0.0.0.0", "port": "0"}
-    assert overrides == ["algorithm.eval_inner.steps=5"]
+def test_cfg_job_shows_the_demos_own_keys_beside_the_overridden_saved_config(capsys):
+    assert main(["--cfg", "job", "port=0", "algorithm.eval_inner.steps=5", "host=0.0.0.0"]) == 0
+    shown = OmegaConf.create(capsys.readouterr().out)
+    assert (shown.ckpt_path, shown.host, shown.port) == (str(DEFAULT_CHECKPOINT), "0.0.0.0", 0)
+    assert shown.algorithm.eval_inner.steps == 5 and shown.data.ways == 5
 
 
 def test_overrides_reach_the_learner(demo):

@@ -67,9 +67,10 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return tags
 
 
-def run_python(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `python <args>` in the repository root with one thread per process; fails the test on a non-zero exit."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def run_python(args: list[str], timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <args>` in the repository root with one thread per process (and `env` added to the
+    environment); fails the test on a non-zero exit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     done = subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )  # fmt: skip

@@ -23,7 +23,7 @@ SINE = [
     "data=sinusoid", "model.hidden=[8]", "trainer.max_steps=300", "trainer.val_check_interval=300",
     "data.val_episodes=2", "data.test_episodes=2", "data.meta_batch_size=2", "algorithm.eval_inner.steps=2",
     "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    f"checkpoint.every_n_steps={EVERY}", "checkpoint.every_minutes=null",
+    f"callbacks.last_checkpoint.every_n_steps={EVERY}", "callbacks.last_checkpoint.every_minutes=null",
 ]  # fmt: skip
 
 
