@@ -176,13 +176,11 @@ def _mode(name: str):
 def run(app: Any, name: str, overrides: list[str], task: Callable[[DictConfig], dict]) -> None:
     """One run in this process, as Hydra's run_job would do it but with nothing written before the checks pass."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import configure_log
 
     cfg, _ = compose_app(app, name, overrides)
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = os.path.abspath(str(cfg.hydra.run.dir))
     HydraConfig.instance().set_config(cfg)
-    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
     task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     Job(task)(task_cfg)
 

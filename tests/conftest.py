@@ -4,6 +4,7 @@ files for the tests that check a failed command left everything as it was."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -95,3 +96,16 @@ def shrink(omniglot_root: Path, tmp_path: Path) -> list[str]:
 def _threads():
     torch.set_num_threads(1)  # 2-core machines run tests faster without thread oversubscription
     yield
+
+
+@pytest.fixture(autouse=True)
+def _logging_handlers():
+    """A `-m` run configures Hydra's logging with a handler on the sys.stdout of that moment, which is pytest's
+    capture of one test; the next test's logging must not write to it. The root and `hydra` loggers get their
+    handlers back after each test (one command per process, as users run them, never sees this)."""
+    loggers = [logging.getLogger(), logging.getLogger("hydra")]
+    saved = [(logger, logger.handlers[:], logger.level) for logger in loggers]
+    yield
+    for logger, handlers, level in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
