@@ -205,6 +205,8 @@ def _composition_message(error: Exception, app: Any, config_name: str, overrides
     if unknown:
         return _unknown_key_message(unknown[1].lstrip("+~"), app, config_name, list(overrides))
     parse = re.match(r"Error parsing override '(.*)'$", lines[0]) if lines else None
+    if parse is None and getattr(error, "override", None):  # OverrideParseException: the override, the reason
+        parse, lines = [None, error.override], ["", *lines]
     if parse:
         why = " ".join(lines[1:])
         why = "" if why.startswith("missing EQUAL") else f"; {why}"
@@ -397,6 +399,10 @@ def check_node(node: DictConfig, where: str, provided: Sequence[str] = ()) -> No
         value = node[key]
         if OmegaConf.is_config(value) and "_target_" in value:
             check_node(value, f"{where}.{key}")
+        elif _dataclass_of(params[key].annotation) and not (value is None or isinstance(value, DictConfig)):
+            fields = ", ".join(f.name for f in dataclasses.fields(_dataclass_of(params[key].annotation)))
+            raise ConfigError(f"{where}.{key}={value!r} is not a mapping; set its fields ({fields}), e.g. "
+                              f"{where}.{key}.{dataclasses.fields(_dataclass_of(params[key].annotation))[0].name}=...")
         elif isinstance(value, DictConfig) and _dataclass_of(params[key].annotation):
             _check_dataclass_node(value, _dataclass_of(params[key].annotation), f"{where}.{key}")
         elif not _matches(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value, params[key].annotation):
@@ -475,6 +481,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"the config lacks the run key {key}")
         if key in cfg and not _matches(cfg[key], annotation):
             raise ConfigError(f"{key}={cfg[key]!r} has the wrong type; expected {_type_name(annotation)}")
+    if not 0 <= cfg.seed < 2**32:  # what numpy's and torch's generators take
+        raise ConfigError(f"seed={cfg.seed}; give an integer from 0 to 2**32 - 1")
     extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - {"selection"}
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}{_nearest(min(extra), RUN_KEYS)}")

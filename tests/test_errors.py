@@ -60,6 +60,11 @@ CONFIG = [
     pytest.param(["-m", "seed=0,1", "ckpt_path=x.ckpt"], ["sweep cannot resume"], id="sweep-resume"),
     pytest.param(["-m", "trainer.devices=2", "trainer.strategy=ddp", "seed=0,1"], ["one process", "submitit_slurm"],
                  id="sweep-ddp"),
+    pytest.param(["seed=-1"], ["seed=-1; give an integer from 0 to 2**32 - 1"], id="seed-negative"),
+    pytest.param(["algorithm.inner=0.1"], ["algorithm.inner=0.1 is not a mapping", "algorithm.inner.steps="],
+                 id="dataclass-scalar"),
+    pytest.param(["algorithm.eval_curve_steps=[1,2"], ["cannot read argument 'algorithm.eval_curve_steps=[1,2'",
+                                                      "no viable alternative"], id="unclosed-bracket"),
 ]
 VALUES = [
     pytest.param(["data.ways=0"], ["data.ways=0"], id="ways-0"),

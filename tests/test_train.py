@@ -184,9 +184,10 @@ def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
 
 def test_sweep_runs_each_combination_in_its_own_directory(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["-m", *SINES, *QUIET, "seed=0,1", "model.hidden=[8],[4,4]", f"output_dir={out}"]) == 0
+    base = [a for a in SINES if not a.startswith("model.hidden=")]
+    assert main(["-m", *base, *QUIET, "seed=0,1", "model.hidden=[8],[4,4]", f"output_dir={out}"]) == 0
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == ["0_model.hidden=[8],seed=0", "1_model.hidden=[8],seed=1", "2_model.hidden=[4,4],seed=0",
+    assert runs == ["0_model.hidden=[8],seed=0", "1_model.hidden=[4,4],seed=0", "2_model.hidden=[8],seed=1",
                     "3_model.hidden=[4,4],seed=1"]  # fmt: skip
     for run in runs:
         config = OmegaConf.load(out / run / "config.yaml")
@@ -194,5 +195,5 @@ def test_sweep_runs_each_combination_in_its_own_directory(tmp_path, capsys):
         assert config.output_dir == str(out / run)
     table = (out / "sweep.md").read_text().splitlines()
     assert table[0].startswith("| job | overrides | result | test/episodes |") and len(table) == 6
-    assert table[2].startswith("| 0 | model.hidden=[8] seed=0 | ok | 4 |")
+    assert table[2].startswith("| 0 | seed=0 model.hidden=[8] | ok | 4 |")
     assert "\n".join(table) in capsys.readouterr().out
