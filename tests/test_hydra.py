@@ -194,3 +194,32 @@ def test_joblib_runs_jobs_concurrently_and_submitit_local_gives_the_same_metrics
     assert [j["status"] for j in local] == ["ok", "ok"]
     assert [j["metrics"] for j in local] == [j["metrics"] for j in jobs]
     assert [Path(j["output_dir"]).name for j in local] == ["0_seed=0", "1_seed=1"]
+
+
+def test_callbacks_come_from_the_config(tmp_path):
+    from pytorch_lightning.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichModelSummary,
+        RichProgressBar,
+        Timer,
+    )
+
+    from lightning_meta.callbacks import LastCheckpoint, NonFiniteGuard
+    from lightning_meta.review import EvaluationReview
+    from lightning_meta.run import prepare
+
+    sine = [a for a in SINE if a != "trainer.enable_progress_bar=false"]  # a progress bar callback needs it on
+    cfg = load_config([
+        *sine, "callbacks=[default,early_stopping,lr_monitor,rich_progress_bar,model_summary]",
+        "+callbacks.mine._target_=pytorch_lightning.callbacks.Timer", f"output_dir={tmp_path}",
+    ])  # fmt: skip
+    kinds = [type(c) for c in prepare(cfg).trainer.callbacks]
+    ours = [NonFiniteGuard, LastCheckpoint, EvaluationReview, EarlyStopping, LearningRateMonitor, RichProgressBar,
+            RichModelSummary, Timer, ModelCheckpoint]  # fmt: skip
+    assert [k for k in kinds if k in ours] == ours  # the config's order (the guard before last.ckpt); Lightning
+    # moves ModelCheckpoint to the end itself
+    stopping = next(c for c in prepare(cfg).trainer.callbacks if isinstance(c, EarlyStopping))
+    assert (stopping.monitor, stopping.mode) == ("val/mse", "min")  # filled from the task (regression)
+    assert not any(tmp_path.iterdir())  # prepare writes nothing
