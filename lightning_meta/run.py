@@ -81,6 +81,24 @@ def check_run(cfg: DictConfig, datamodule, trainer: pl.Trainer) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"data.{key}={value}: every episode needs query examples to score (the loss and "
                               f"metric are over the queries); give data.{key}=1 or more")  # fmt: skip
+    interval = cfg.trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
+        raise ConfigError(f"trainer.val_check_interval={interval}; give the meta-iterations between validations "
+                          "(1 or more), or data.val_episodes=0 for no validation")  # fmt: skip
+    if datamodule.test_episodes < 1:  # eval.py's wording for the same value
+        raise ConfigError(f"data.test_episodes={datamodule.test_episodes}: nothing to evaluate; give 1 or more")
+    outputs = cfg.model.get("out_features") if "model" in cfg else None
+    if datamodule.task == "classification" and isinstance(outputs, int) and datamodule.ways > outputs:
+        raise ConfigError(f"data.ways={datamodule.ways} but model.out_features={outputs} gives the network "
+                          f"{outputs} outputs, one per class; leave model.out_features at ${{data.ways}} or give "
+                          f"model.out_features={datamodule.ways} or more")  # fmt: skip
+    for key in ("val_episodes", "test_episodes"):
+        episodes = getattr(datamodule, key)
+        if 0 < episodes < world:
+            raise ConfigError(
+                f"data.{key}={episodes} leaves some of the {world} processes (trainer.devices x trainer.num_nodes) "
+                f"without an episode; give data.{key}={world} or more (a multiple of {world} splits evenly)"
+            )
 
 
 def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Prepared:

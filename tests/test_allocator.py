@@ -35,9 +35,9 @@ def _run(mode: str, **env: str) -> dict:
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_tensors():
     default, kept = _run("default"), _run("keep")
     assert kept["applied"] and not default["applied"]
-    # Measured here over the 8 passes: 3,600-20,000 faults with glibc's defaults (pages mapped afresh time and
-    # again), 1-1,800 kept (the pages reused in place).
-    assert default["faults"] > 2000 and kept["faults"] * 3 < default["faults"]
+    # Measured here over the 8 passes: 1,800-20,000 faults with glibc's defaults (pages mapped afresh time and
+    # again; the fewest on a machine loaded by other test runs), 1-1,800 kept (the pages reused in place).
+    assert default["faults"] > 1000 and kept["faults"] * 3 < default["faults"]
 
 
 def test_the_environment_keeps_its_own_thresholds():

@@ -93,7 +93,13 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.seed = seed
         self.train_shots = shots if train_shots is None else train_shots
         self.train_queries = queries if train_queries is None else train_queries
-        self.eval_batch_size = eval_batch_size or meta_batch_size
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size={eval_batch_size}; give 1 or more episodes per evaluation "
+                              "batch, or null for data.meta_batch_size")  # fmt: skip
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers}; give 0 (load in the main process) or more worker "
+                              "processes")  # fmt: skip
+        self.eval_batch_size = meta_batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers = num_workers
         if train_tasks is not None and train_tasks < 1:
             raise ConfigError(f"data.train_tasks={train_tasks}; give 1 or more, or null for new tasks every step")

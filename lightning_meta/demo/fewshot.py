@@ -23,10 +23,17 @@ import torch
 from torch import Tensor
 
 from lightning_meta.build import load
-from lightning_meta.demo.render import PEN_WIDTH, SOURCE_SIZE, DrawingError, drawing_to_image
+from lightning_meta.demo.render import PEN_WIDTH, SOURCE_SIZE, DrawingError, drawing_to_image, short
 from lightning_meta.errors import CheckpointError
 
 MIN_WAYS = 2
+# Bounds on the work one request asks for (10,000 two-point drawings took 15 s and 2 GB before them). Omniglot has 20
+# drawings of each character, and the page sends one per class; a character drawn on the page is a few hundred
+# points (one per pointer event: ~5 s of drawing at 60-120 events a second), so 50,000 points in all fit 5 classes
+# of 20 drawings each, and the test drawing, at ~500 points each. At the bounds a request takes a few seconds.
+MAX_SHOTS = 20  # drawings per class
+MAX_TOTAL_POINTS = 50_000  # stroke points of all drawings of a request together
+KEYS = ("classes", "test", "return_images")
 
 
 class Demo:
@@ -73,11 +80,25 @@ class Demo:
         """Answer a `POST /api/classify` body (see the module docstring)."""
         if not isinstance(request, dict) or not {"classes", "test"} <= set(request):
             raise DrawingError('the request must be an object with "classes" and "test"')
+        unknown = sorted(set(request) - set(KEYS))
+        if unknown:
+            raise DrawingError(f"unknown key {short(unknown[0])} in the request; its keys are {', '.join(KEYS)}")
+        return_images = request.get("return_images", False)
+        if not isinstance(return_images, bool):
+            raise DrawingError(f'"return_images" must be true or false (a JSON boolean), not {short(return_images)}')
         classes = request["classes"]
         if not isinstance(classes, list) or not MIN_WAYS <= len(classes) <= self.ways:
-            count = len(classes) if isinstance(classes, list) else classes
+            count = len(classes) if isinstance(classes, list) else short(classes)
             raise DrawingError(f'"classes" must list {MIN_WAYS} to {self.ways} classes (the model\'s ways), '
                                f"not {count}")  # fmt: skip
+        for c, drawings in enumerate(classes):
+            if isinstance(drawings, list) and len(drawings) > MAX_SHOTS:
+                raise DrawingError(f"class {c + 1} has {len(drawings)} drawings; send at most {MAX_SHOTS} per class")
+        points = sum(_points(d) for drawings in classes if isinstance(drawings, list) for d in drawings)
+        points += _points(request["test"])
+        if points > MAX_TOTAL_POINTS:
+            raise DrawingError(f"the request has {points} stroke points in all; send at most {MAX_TOTAL_POINTS} "
+                               "(fewer drawings, or fewer points per stroke)")  # fmt: skip
         support = [self._class_images(c, drawings) for c, drawings in enumerate(classes)]
         test = self._image(request["test"], "the test drawing")
         probabilities = self.probabilities(support, test)
@@ -86,7 +107,7 @@ class Demo:
             "predicted": int(probabilities.argmax()),
             "shots": [len(images) for images in support],
         }
-        if request.get("return_images", False):
+        if return_images:
             as_rows = lambda image: [[round(float(v), 3) for v in row] for row in image[0]]
             answer["images"] = {"classes": [[as_rows(i) for i in images] for images in support], "test": as_rows(test)}
         return answer
@@ -101,6 +122,12 @@ class Demo:
             return drawing_to_image(drawing, self.image_size)
         except DrawingError as error:
             raise DrawingError(f"{name}: {error}") from None
+
+
+def _points(drawing) -> int:
+    """The stroke points of a drawing of the JSON API (0 for one that is not strokes: refused later)."""
+    strokes = drawing.get("strokes") if isinstance(drawing, dict) else None
+    return sum(len(s) for s in strokes if isinstance(s, list)) if isinstance(strokes, list) else 0
 
 
 def load_demo(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> Demo:

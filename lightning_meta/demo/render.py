@@ -10,9 +10,9 @@ width on a 105 x 105 page, then shrunk and inverted the same way. The pen width 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
@@ -28,6 +28,17 @@ MAX_POINTS = 20_000  # per drawing: a bound on the work one request can ask for
 
 class DrawingError(ValueError):
     """A drawing the demo cannot read; the message says what is wrong with it."""
+
+
+def short(value, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for messages about values a request sent."""
+    cut = reprlib.Repr()
+    cut.maxlevel, cut.maxstring, cut.maxother = 3, limit, limit
+    try:
+        text = cut.repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def render_strokes(
@@ -107,18 +118,15 @@ def _strokes(strokes) -> list[list[tuple[float, float]]]:
         raise DrawingError('"strokes" must be a list of strokes, each a non-empty list of [x, y] points')
     if sum(len(s) for s in strokes) > MAX_POINTS:
         raise DrawingError(f"the drawing has {sum(len(s) for s in strokes)} points; send at most {MAX_POINTS}")
-    try:
-        arrays = [np.asarray(s, dtype=np.float64) for s in strokes]
-    except (TypeError, ValueError):
-        arrays = []  # ragged or not numbers: refused below
-    if len(arrays) != len(strokes) or not all(a.ndim == 2 and a.shape[1] == 2 and np.isfinite(a).all() for a in arrays):
+    point = lambda p: isinstance(p, list) and len(p) == 2 and _number(p[0]) and _number(p[1])
+    if not all(point(p) for s in strokes for p in s):  # JSON numbers only: no strings, booleans or nulls
         raise DrawingError("each point of a stroke must be [x, y], two finite numbers")
-    return [[(x, y) for x, y in a.tolist()] for a in arrays]
+    return [[(float(x), float(y)) for x, y in s] for s in strokes]
 
 
 def _size(size) -> float:
     if not _number(size) or size <= 0:
-        raise DrawingError(f'"size" must be a positive number (the canvas side), not {size!r}')
+        raise DrawingError(f'"size" must be a positive number (the canvas side), not {short(size)}')
     return float(size)
 
 
@@ -134,4 +142,10 @@ def _image(rows, image_size: int) -> Tensor:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a boolean; an int too large for a float is not finite)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False

@@ -11,14 +11,18 @@ beside this file is used.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lightning_meta import cli
 from lightning_meta.demo.fewshot import Demo, load_demo
@@ -38,50 +42,153 @@ USAGE = """usage: python demo.py [ckpt_path=<run>/checkpoints/<name>.ckpt] [host
   host, port       where to serve the page (port=0: any free port)
   dotted.key=value any key of the checkpoint's saved config, e.g. algorithm.eval_inner.steps=10
   --cfg job        print the checkpoint's config with the overrides and these keys, and exit"""
-MAX_BODY = 8 * 2**20  # bytes of one request
+MAX_BODY = 8 * 2**20  # bytes of one request: 101 image drawings of a 20-way checkpoint fit, with room to spare
+MAX_DEPTH = 32  # brackets deep in a request; a valid one is 7 deep (object, classes, class, drawing, strokes, point)
+READ_TIMEOUT = 5.0  # seconds a connection may stay silent while it sends its request (a body shorter than promised)
+ALLOWED = {"/api/info": "GET", "/api/classify": "POST", **{page: "GET" for page in PAGES}}
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # JSON strings, whose brackets do not nest
+_BRACKETS = np.zeros(256, dtype=np.int8)
+_BRACKETS[list(b"[{")], _BRACKETS[list(b"]}")] = 1, -1
+
+
+class RequestError(Exception):
+    """A request the server refuses before the demo sees it: its HTTP status and the message naming the fix."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def nesting_depth(body: bytes) -> int:
+    """The deepest nesting of brackets in a JSON text, brackets inside strings not counted (numpy: fast on 8 MiB)."""
+    outside = _STRINGS.sub(b"", body)
+    if not outside:
+        return 0
+    return int(np.cumsum(_BRACKETS[np.frombuffer(outside, dtype=np.uint8)], dtype=np.int64).max(initial=0))
+
+
+def parse_body(body: bytes):
+    """The JSON value of a request body; `RequestError` (400) for one that is not JSON or nests too deep."""
+    depth = nesting_depth(body)
+    if depth > MAX_DEPTH:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the body nests {depth} brackets deep; a request nests at most "
+                                                   f"{MAX_DEPTH} (a valid one: 7)")  # fmt: skip
+    try:
+        return json.loads(body.decode("utf-8") if body else "null")
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({_short(str(error), 200)})") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class DemoHandler(BaseHTTPRequestHandler):
-    """Routes: the page's three files, `GET /api/info`, `POST /api/classify`; errors answer `{"error": ...}`."""
+    """Routes: the page's three files, `GET /api/info`, `POST /api/classify`; every error answers JSON
+    `{"error": ...}` (a 4xx naming the fix, 500 for a bug of the demo), and the server stays up.
+
+    One request per connection (HTTP/1.0). A connection silent for `server.read_timeout` seconds while it sends its
+    request is answered 408 (or closed, before its request line) rather than holding a thread.
+    """
 
     server: DemoServer
 
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # StreamRequestHandler.setup applies it to the connection
+        super().setup()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?")[0]
-        if path == "/api/info":
+        if ALLOWED.get(path, "GET") != "GET":
+            self._not_allowed(path)
+        elif path == "/api/info":
             self._send_json(self.server.demo.info())
         elif path in PAGES:
             name, kind = PAGES[path]
             self._send(HTTPStatus.OK, (STATIC / name).read_bytes(), f"{kind}; charset=utf-8")
         else:
-            self._send_json({"error": f"no page {path}; open /"}, HTTPStatus.NOT_FOUND)
+            self._send_json({"error": f"no page {_short(path)}; open /"}, HTTPStatus.NOT_FOUND)
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path.split("?")[0] != "/api/classify":
-            self._send_json({"error": f"no endpoint {self.path}; POST to /api/classify"}, HTTPStatus.NOT_FOUND)
-            return
-        length = int(self.headers.get("Content-Length") or 0)
+        path = self.path.split("?")[0]
+        if path not in ALLOWED:
+            self._send_json({"error": f"no endpoint {_short(path)}; POST to /api/classify"}, HTTPStatus.NOT_FOUND)
+        elif ALLOWED[path] != "POST":
+            self._not_allowed(path)
+        else:
+            try:
+                self._send_json(self.server.demo.classify(parse_body(self._read_body())))
+            except RequestError as error:
+                self._send_json({"error": str(error)}, error.status)
+            except DrawingError as error:
+                self._send_json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+            except Exception as error:  # a bug of the demo: answer, log the traceback, keep serving
+                self.server.handle_error(self.request, self.client_address)
+                self._send_json({"error": f"internal error of the demo server ({type(error).__name__}); please "
+                                          "report it"}, HTTPStatus.INTERNAL_SERVER_ERROR)  # fmt: skip
+
+    def _read_body(self) -> bytes:
+        """The body, `Content-Length` bytes of it, checked before reading; `RequestError` otherwise."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length header (no chunked "
+                                                           "transfer encoding)")  # fmt: skip
+        if len(set(lengths)) > 1 or not all(v.isascii() and v.isdigit() for v in lengths):
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length: {_short(', '.join(lengths))} is not the "
+                                                       "body's length in bytes (a non-negative integer)")  # fmt: skip
+        length = int(lengths[0])
         if length > MAX_BODY:
-            self._send_json({"error": f"request of {length} bytes; send at most {MAX_BODY}"}, HTTPStatus.BAD_REQUEST)
-            return
+            self.close_connection = True  # the body is left unread
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request of {length} bytes; send at most "
+                                                                    f"{MAX_BODY}")  # fmt: skip
         try:
-            request = json.loads(self.rfile.read(length) or b"null")
-            self._send_json(self.server.demo.classify(request))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            self._send_json({"error": f"the body is not JSON ({error})"}, HTTPStatus.BAD_REQUEST)
-        except DrawingError as error:
-            self._send_json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body stopped arriving for {self.timeout:g} s; send "
+                                                           "all Content-Length bytes of it") from None  # fmt: skip
+        if len(body) < length:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"the body has {len(body)} bytes, its Content-Length says "
+                                                       f"{length}; send all of it")  # fmt: skip
+        return body
 
-    def _send_json(self, value: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json")
+    def _not_allowed(self, path: str) -> None:
+        allowed = ALLOWED[path]
+        self._send_json({"error": f"{self.command} {path} is not served; use {allowed} {path}"},
+                        HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": allowed})  # fmt: skip
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a bad request line, too long a header, a method no route has) as JSON."""
+        path = (getattr(self, "path", "") or "").split("?")[0]
+        if code == HTTPStatus.NOT_IMPLEMENTED and path in ALLOWED:  # e.g. PUT /api/classify
+            self._not_allowed(path)
+            return
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # a method of no route, on no route: 405 too, not a server fault
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"{_short(str(self.command))} is not served; GET / "
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.BAD_REQUEST
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        headers = {"Connection": "close"}
+        if code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = "GET"
+        self._send_json({"error": _short(message or status.phrase, 200)}, status, headers)
+
+    def _send_json(self, value: dict, status: HTTPStatus = HTTPStatus.OK, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json", headers)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         if self.server.verbose:
@@ -92,16 +199,21 @@ class DemoServer(ThreadingHTTPServer):
     """A threading HTTP server holding the `Demo` its handlers answer from.
 
     `server_close` (Ctrl-C) ends the reads of the connections still open, such as a browser's spare ones, and then
-    joins their handler threads, so that none is still running while Python shuts down.
+    joins their handler threads, so that none is still running while Python shuts down. An IPv6 host (`::1`) is
+    served over IPv6.
     """
 
     daemon_threads = False  # ThreadingMixIn joins non-daemon handler threads in server_close
 
-    def __init__(self, address: tuple[str, int], demo: Demo, verbose: bool = False) -> None:
-        super().__init__(address, DemoHandler)
-        self.demo, self.verbose = demo, verbose
+    def __init__(self, address: tuple[str, int], demo: Demo, verbose: bool = False,
+                 read_timeout: float = READ_TIMEOUT) -> None:  # fmt: skip
+        # set before binding: a failed bind calls server_close, which reads them
+        self.demo, self.verbose, self.read_timeout = demo, verbose, read_timeout
         self._open: set[socket.socket] = set()  # connections accepted and not yet closed
         self._open_lock = threading.Lock()
+        if ":" in str(address[0]):
+            self.address_family = socket.AF_INET6
+        super().__init__(address, DemoHandler)
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
         with self._open_lock:
@@ -112,6 +224,11 @@ class DemoServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (reset, broken pipe, timed out) is no fault of the server: not logged."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def server_close(self) -> None:
         with self._open_lock:
@@ -151,9 +268,11 @@ def serve_until_interrupted(server: DemoServer, poll: float = 0.1) -> None:
         server.server_close()
 
 
-def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> DemoServer:
-    """The demo's server, bound but not yet serving (call `serve_forever`); port 0 picks a free port."""
-    return DemoServer((host, port), demo, verbose)
+def make_server(demo: Demo, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False,
+                read_timeout: float = READ_TIMEOUT) -> DemoServer:  # fmt: skip
+    """The demo's server, bound but not yet serving (call `serve_forever`); port 0 picks a free port, a host with
+    a colon (`::1`) is served over IPv6. OSError where the address cannot be bound."""
+    return DemoServer((host, port), demo, verbose, read_timeout)
 
 
 def serve(own: dict[str, Any], overrides: list[str]) -> None:
@@ -175,6 +294,7 @@ def serve(own: dict[str, Any], overrides: list[str]) -> None:
         raise ConfigError(f"cannot serve on host={own['host']} port={port} ({error}); give another port "
                           "(port=0: any free port) or host") from error  # fmt: skip
     host, port = server.server_address[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
     print(f"demo of {ckpt_path} ({demo.ways}-way): open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
     serve_until_interrupted(server)
 

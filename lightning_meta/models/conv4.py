@@ -28,6 +28,10 @@ class Conv4(nn.Module):
         max_pool: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in dict(out_features=out_features, in_channels=in_channels, hidden=hidden,
+                                image_size=image_size).items():  # fmt: skip
+            if value < 1:
+                raise ConfigError(f"model.{name}={value}; it must be at least 1")
         layers: list[nn.Module] = []
         size, channels = image_size, in_channels
         for _ in range(4):

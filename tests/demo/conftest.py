@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -143,10 +144,43 @@ def fetch(url: str) -> tuple[str, str]:
         return response.headers["Content-Type"], response.read().decode()
 
 
+def raw(address: tuple, data: bytes, close_write: bool = True, timeout: float = 30) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body) of the bytes `data` sent as they are to a server at `address`;
+    `close_write` ends the sending side after them (the server reads end of file, not a silence)."""
+    with socket.create_connection(address[:2], timeout=timeout) as connection:
+        connection.sendall(data)
+        if close_write:
+            connection.shutdown(socket.SHUT_WR)
+        answer = connection.makefile("rb").read()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def post(address: tuple, body: bytes, path: str = "/api/classify", **kwargs) -> tuple[int, dict, bytes]:
+    """`raw` of an HTTP/1.0 POST of `body` with its true Content-Length."""
+    head = f"POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return raw(address, head.encode() + body, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def client() -> SimpleNamespace:
-    """HTTP helpers for the demo server: `call` for the JSON API, `fetch` for pages."""
-    return SimpleNamespace(call=call, fetch=fetch)
+    """HTTP helpers for the demo server: `call` for the JSON API, `fetch` for pages, `raw` and `post` for bytes
+    sent as they are."""
+    return SimpleNamespace(call=call, fetch=fetch, raw=raw, post=post)
+
+
+@pytest.fixture(scope="module")
+def quick_server(demo):
+    """The demo served on a free local port for a module, with a read timeout of 1 s (5 s in `demo.py`) so that
+    requests that stop sending are answered soon; the `DemoServer`."""
+    server = make_server(demo, "127.0.0.1", 0, read_timeout=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")
