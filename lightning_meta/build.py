@@ -7,6 +7,7 @@ algorithms and models only through the `_target_` of a config node, never by imp
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_meta.config import default_run_dir, instantiate, override_config, run_dir_of
+from lightning_meta.config import default_run_dir, instantiate, override_config, raised_in, run_dir_of
 from lightning_meta.data import fit_model_input
 from lightning_meta.errors import CheckpointError, ConfigError, DataError, UserError
 from lightning_meta.resume import check_state_fits, read_checkpoint
@@ -27,11 +28,35 @@ TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trai
 LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning_fabric", "lightning")
 
 
+# What a run writes into its directory (config.yaml and .hydra/ first, once its checks pass): a fresh run refuses an
+# output_dir holding any of them, or checkpoints, as another run's files it would overwrite or mix with its own.
+RUN_FILES = ("config.yaml", ".hydra", "test_metrics.json", "tensorboard", "csv", "wandb")
+PACKAGE_DIR = Path(__file__).resolve().parent  # the installed lightning_meta: never a run directory
+
+
+def _first_process() -> bool:
+    """Not a process Lightning's DDP launcher (or a scheduler) started for another rank: those find the files their
+    rank 0 wrote a moment before, and only rank 0 checks the folder."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")
+
+
 def resolve_output_dir(cfg: DictConfig) -> Path:
-    """The run directory. Refuses a fresh run over another run's checkpoints, and a resume into a directory that
-    holds checkpoints of a run other than the one resumed."""
+    """The run directory: output_dir, else the resumed checkpoint's run. Refuses a run directory inside the
+    installed package (a resume of a checkpoint shipped with it names output_dir), a fresh run over another run's
+    files (`RUN_FILES` or checkpoints), and a resume into a directory other than the checkpoint's run that holds
+    another run's files."""
     ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
     out = Path(default_run_dir(cfg.output_dir, cfg.ckpt_path))
+    if out.resolve().is_relative_to(PACKAGE_DIR):
+        if cfg.output_dir:
+            raise ConfigError(f"output_dir={cfg.output_dir} is inside the installed package lightning_meta "
+                              f"({PACKAGE_DIR}); give a folder outside it, e.g. output_dir=outputs/run")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} ships with the package lightning_meta, whose folder cannot be a run "
+            "directory; give output_dir=<a new folder> to train on from it, e.g. output_dir=outputs/finetuned"
+        )
     held = sorted((out / "checkpoints").glob("*.ckpt"))
     if held and ckpt is None:
         raise ConfigError(
@@ -43,6 +68,14 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
             f"output_dir={out} holds another run's checkpoints ({held[0].name}), which resuming from "
             f"{cfg.ckpt_path} would overwrite; leave output_dir out to resume into {run_dir_of(ckpt)}, or give an "
             "empty output_dir"
+        )
+    own_run = ckpt is not None and out.resolve() == run_dir_of(ckpt).resolve()
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not own_run and _first_process():
+        what = "resuming from " + str(cfg.ckpt_path) if ckpt is not None else "this run"
+        raise ConfigError(
+            f"output_dir={out} holds another run's files ({', '.join(found)}), which {what} would overwrite or mix "
+            "with its own; choose another output_dir, or remove them"
         )
     return out
 
@@ -66,14 +99,6 @@ def user_errors() -> Iterator[None]:
                         "gives (e.g. data.root) and its permissions") from error  # fmt: skip
 
 
-def _raised_by_lightning(error: BaseException) -> bool:
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return module.partition(".")[0] in LIGHTNING_PACKAGES
-
-
 @contextmanager
 def trainer_errors() -> Iterator[None]:
     """Around `Trainer(...)`: Lightning checks its arguments with MisconfigurationException, and with ValueError or
@@ -86,7 +111,7 @@ def trainer_errors() -> Iterator[None]:
     except MisconfigurationException as error:
         raise ConfigError(f"{_first_line(error)}{TRAINER_HINT}") from error
     except (ValueError, TypeError) as error:
-        if not _raised_by_lightning(error):
+        if not raised_in(error, LIGHTNING_PACKAGES):
             raise
         raise ConfigError(f"{_first_line(error)}{TRAINER_HINT}") from error
 

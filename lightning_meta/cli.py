@@ -42,6 +42,7 @@ from lightning_meta.config import (
     import_target,
     instantiate,
     named_nodes,
+    run_mode,
     signature_params,
 )
 from lightning_meta.errors import ConfigError, UserError
@@ -167,12 +168,6 @@ def show_cfg(app: Any, name: str, args: argparse.Namespace) -> None:
     print(OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else node, end="")
 
 
-def _mode(name: str):
-    from hydra.types import RunMode
-
-    return RunMode[name]
-
-
 def run(app: Any, name: str, overrides: list[str], task: Callable[[DictConfig], dict]) -> None:
     """One run in this process, as Hydra's run_job would do it but with nothing written before the checks pass."""
     from hydra.core.hydra_config import HydraConfig
@@ -189,7 +184,7 @@ def multirun(app: Any, name: str, overrides: list[str], task: Callable[[DictConf
     """A sweep or a search through Hydra's sweeper and launcher; an error when any job failed."""
     from lightning_meta import sweep
 
-    _, overrides = compose_app(app, name, overrides, _mode("MULTIRUN"))  # the base config, before the sweeper
+    _, overrides = compose_app(app, name, overrides, run_mode("MULTIRUN"))  # the base config, before the sweeper
     app.multirun(config_name=name, task_function=Job(task), overrides=overrides)
     failed, total = sweep.LAST_OUTCOME.get("failed", 0), sweep.LAST_OUTCOME.get("jobs", 0)
     if failed:

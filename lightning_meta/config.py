@@ -125,7 +125,7 @@ def compose_app(app: Any, config_name: str, overrides: Sequence[str], mode: Any 
     """(the composed config, the overrides as composed): `app.compose_config` where an override of an argument
     the YAML does not list but the node's `_target_` takes becomes `++key=value` (`_signature_override`), and
     Hydra's composition errors are one-line ConfigErrors."""
-    mode = mode or _run_mode()
+    mode = mode or run_mode()
     overrides = list(overrides)
     _check_members(app, overrides)
     for _ in range(len(overrides) + 1):
@@ -172,7 +172,7 @@ def _signature_override(error: Exception, app: Any, config_name: str, overrides:
         return None
     rest = _applied_before(app, overrides, index)
     try:
-        cfg = app.compose_config(config_name, rest, run_mode=_run_mode(), with_log_configuration=False)
+        cfg = app.compose_config(config_name, rest, run_mode=run_mode(), with_log_configuration=False)
         depth, node = _target_node(cfg, key)
         takes = key.split(".")[depth] in signature_params(import_target(node._target_))
     except Exception:  # the rest does not compose, no node has a _target_, or it cannot be read: Hydra's error stands
@@ -220,7 +220,7 @@ def _unknown_key_message(key: str, app: Any, config_name: str, overrides: list[s
     index = next((i for i, o in enumerate(overrides) if o.lstrip("+~").partition("=")[0] == key), None)
     try:
         rest = _applied_before(app, overrides, index) if index is not None else []
-        cfg = app.compose_config(config_name, rest, run_mode=_run_mode(), with_log_configuration=False)
+        cfg = app.compose_config(config_name, rest, run_mode=run_mode(), with_log_configuration=False)
     except Exception:  # the other overrides do not compose either: no suggestion
         return f"unknown key {key}"
     found = _target_node(cfg, key)
@@ -243,10 +243,11 @@ def _target_node(cfg: DictConfig, key: str) -> tuple[int, DictConfig] | None:
     return None
 
 
-def _run_mode():
+def run_mode(name: str = "RUN"):
+    """Hydra's RunMode of that name (RUN, MULTIRUN), imported when needed."""
     from hydra.types import RunMode
 
-    return RunMode.RUN
+    return RunMode[name]
 
 
 @contextmanager
@@ -259,17 +260,19 @@ def hydra_errors(app: Any = None, config_name: str = "train", overrides: Sequenc
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_composition_message(error, app, config_name, overrides)) from error
     except ValueError as error:  # Hydra's own checks of the overrides (e.g. group=null) raise ValueError
-        if not _raised_in(error, "hydra"):
+        if not raised_in(error, ("hydra",)):
             raise
         raise ConfigError(f"{_composition_message(error, app, config_name, overrides)} (remove a group's member "
                           "with ~group, e.g. ~logger, or choose another: logger=none)") from error  # fmt: skip
 
 
-def _raised_in(error: BaseException, package: str) -> bool:
+def raised_in(error: BaseException, packages: Sequence[str]) -> bool:
+    """Whether the innermost frame of `error`'s traceback is in one of `packages` (its own check, not a bug that
+    passed through it)."""
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").partition(".")[0] == package
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").partition(".")[0] in packages
 
 
 def _type_name(annotation: Any) -> str:
