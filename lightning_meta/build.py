@@ -26,6 +26,8 @@ TRAINER_HINT = " (from the trainer.* settings; trainer.accelerator=auto and trai
 # Lightning's own packages: a ValueError or TypeError raised in their code while the Trainer is built is one of
 # its argument checks (e.g. an unknown accelerator or strategy name).
 LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning_fabric", "lightning")
+# The model's input arguments, which follow the data (`fit_model_input`), never an override.
+INPUT_KEYS = ("in_channels", "image_size", "in_features")
 
 
 # What a run writes into its directory (config.yaml and .hydra/ first, once its checks pass): a fresh run refuses an
@@ -50,7 +52,7 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     ckpt = Path(cfg.ckpt_path).resolve() if cfg.ckpt_path else None
     out = Path(default_run_dir(cfg.output_dir, cfg.ckpt_path))
     if out.resolve().is_relative_to(PACKAGE_DIR):
-        if cfg.output_dir:
+        if ckpt is None or out.resolve() != run_dir_of(ckpt).resolve():  # not the resume's default
             raise ConfigError(f"output_dir={cfg.output_dir} is inside the installed package lightning_meta "
                               f"({PACKAGE_DIR}); give a folder outside it, e.g. output_dir=outputs/run")  # fmt: skip
         raise ConfigError(
@@ -131,8 +133,14 @@ def load(ckpt_path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConf
     meta-weights in eval mode. The datamodule is not set up (no data is read)."""
     ckpt = read_checkpoint(ckpt_path)
     cfg = override_config(ckpt["hyper_parameters"]["config"], overrides)
+    asked = {key: cfg.model[key] for key in INPUT_KEYS if any(o.lstrip("+").startswith(f"model.{key}=")
+                                                              for o in overrides)}  # fmt: skip
     with user_errors():
         datamodule, learner = build(cfg)
+    for key, value in asked.items():
+        if cfg.model[key] != value:
+            raise ConfigError(f"model.{key}={value} has no effect: the network's input follows the data "
+                              f"(model.{key}={cfg.model[key]} here); drop the override")  # fmt: skip
     out_features = cfg.model.get("out_features")
     if datamodule.task == "classification" and out_features is not None and datamodule.ways > out_features:
         raise CheckpointError(

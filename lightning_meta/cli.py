@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import textwrap
 import time
@@ -60,10 +61,19 @@ USAGE = """usage: python train.py [--help] [--cfg job|hydra|all] [-m] [--info] [
   LIGHTNING_META_DEBUG=1 python train.py ...   shows the traceback behind an error message"""
 
 
-def guarded(fn: Callable[[], Any]) -> int:
+def guarded(fn: Callable[[], Any], exiting: bool = False) -> int:
     """Run `fn`; a `UserError` becomes `error: <message>` on stderr and exit status 2, any other exception
-    propagates with its traceback. The process group a distributed run opened is closed before returning
-    (`end_distributed`)."""
+    propagates with its traceback. A run that Ctrl-C or SIGTERM stopped (after its `resume with ckpt_path=...`
+    line) or interrupted exits as a shell reports a process that signal ended: 128 + the signal's number, 130 or
+    143 (`lightning_meta.callbacks.LastCheckpoint` tells which signal; `SignalExit` carries it). The process group a
+    distributed run opened is closed before returning (`end_distributed`). `exiting`: the process ends with this
+    status (a command, not a call from Python), so signals after a stop are ignored until it has."""
+
+    def stop_signal() -> int | None:  # the module is imported by a run only (not by --help or --cfg)
+        callbacks = sys.modules.get("lightning_meta.callbacks")
+        return callbacks.LastCheckpoint.take_stop_signal() if callbacks is not None else None
+
+    stop_signal()  # forget a stop of an earlier run in this process (a test, a notebook)
     try:
         fn()
     except UserError as error:
@@ -71,9 +81,18 @@ def guarded(fn: Callable[[], Any]) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # a second signal interrupted the run at once
+        callbacks = sys.modules.get("lightning_meta.callbacks")
+        if callbacks is None or not isinstance(stop, callbacks.SignalExit):
+            raise
+        return stop.code
     finally:
         end_distributed()
-    return 0
+    signum = stop_signal()
+    if signum and exiting:  # the command ends with that status now: a repeated Ctrl-C must not become a traceback
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    return 128 + signum if signum else 0
 
 
 def end_distributed() -> None:
@@ -116,8 +135,8 @@ def _cfg_job_by_default(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None, task: Callable[[DictConfig], dict], config_name: str = "train") -> int:
     """The entry of train.py (and of any script built the same way): returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return guarded(lambda: _dispatch(argv, task, config_name))
+    exiting, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: _dispatch(argv, task, config_name), exiting)
 
 
 def _dispatch(argv: list[str], task: Callable[[DictConfig], dict], config_name: str) -> None:
@@ -229,11 +248,11 @@ def saved_run_main(
     None for required; ckpt_path among them) and overrides of the checkpoint's saved config. Hydra composes the
     saved config with both (its grammar, `--cfg job`, `--info`), so a mistake is caught before anything runs; then
     `task(own values, the saved config's overrides)`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    exiting, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(usage)
         return 0
-    return guarded(lambda: _saved_run(argv, name, own, task))
+    return guarded(lambda: _saved_run(argv, name, own, task), exiting)
 
 
 def _saved_run(argv: list[str], name: str, own: dict[str, Any], task: Callable[[dict, list[str]], None]) -> None:

@@ -15,6 +15,7 @@ import difflib
 import importlib
 import inspect
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -128,6 +129,7 @@ def compose_app(app: Any, config_name: str, overrides: Sequence[str], mode: Any 
     mode = mode or run_mode()
     overrides = list(overrides)
     _check_members(app, overrides)
+    _note_repeats(overrides)
     for _ in range(len(overrides) + 1):
         try:
             return app.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False), overrides
@@ -138,6 +140,17 @@ def compose_app(app: Any, config_name: str, overrides: Sequence[str], mode: Any 
                     raise
             overrides[argument] = f"++{overrides[argument]}"
     raise AssertionError("unreachable")
+
+
+def _note_repeats(overrides: list[str]) -> None:
+    """A key given twice with different values: the last wins, as in Hydra and a shell, and stderr says so (a base
+    list of overrides followed by one that changes a key is a common way to write a script)."""
+    last: dict[str, str] = {}
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if last.get(key, override) != override:
+            print(f"note: {key} is given more than once; the last, {override}, wins", file=sys.stderr)
+        last[key] = override
 
 
 def _check_members(app: Any, overrides: list[str]) -> None:
@@ -357,6 +370,9 @@ def fill_defaults(node: DictConfig, provided: Sequence[str] = ()) -> None:
 def import_target(path: str) -> Any:
     """The callable a `_target_` names (`lightning_meta.algorithms.MAML`); a `ConfigError` when it cannot be
     imported."""
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"_target_={path!r} is not a dotted path; give module.Callable, e.g. "
+                          "lightning_meta.algorithms.MAML")  # fmt: skip
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)

@@ -9,8 +9,10 @@ data.queries=1 algorithm.transductive=false`. Prints one summary line and writes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -60,15 +62,32 @@ def describe(datamodule, learner, metrics: dict[str, float]) -> str:
     return f"{figure(metrics, f'test/{EpisodeMetrics.metric_name(task)}', task)} ({setting})"
 
 
+# Keys that cannot change the figures, left out of the default JSON name's hash of the config.
+UNHASHED = {"output_dir", "ckpt_path", "logger", "callbacks", "hydra", "data.num_workers", "data.eval_batch_size",
+            "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps"}  # fmt: skip
+
+
 def default_json_path(ckpt_path: str | Path, datamodule, learner) -> Path:
-    """`<run>/eval_<checkpoint>_<N>way-<K>shot_<S>steps_<E>ep_<mode>.json` (<run>: checkpoints/'s parent)."""
+    """`<run>/eval_<checkpoint>_<N>way-<K>shot_<S>steps_<E>ep_<mode>[_<P>px]_seed<seed>_<hash>.json` (<run>:
+    checkpoints/'s parent; <P>: the image size of image data; <hash>: 8 hex digits of the evaluated config but the
+    keys in `UNHASHED`, so two evaluations that differ in any other setting never share a name)."""
     ckpt = Path(ckpt_path).resolve()
     shape = f"{datamodule.shots}shot"
     if datamodule.task == "classification":
         shape = f"{datamodule.ways}way-{shape}"
     mode = "transductive" if learner.transductive else "nontransductive"
     setting = f"{shape}_{learner.eval_inner.steps}steps_{datamodule.test_episodes}ep_{mode}"
-    return run_dir_of(ckpt) / f"eval_{ckpt.stem}_{setting}.json"
+    size = getattr(datamodule, "image_size", None)
+    setting += (f"_{size}px" if size else "") + f"_seed{datamodule.seed}"
+    config = learner.hparams.get("config") or {}
+    kept = {
+        f"{group}.{key}" if isinstance(node, dict) else group: value
+        for group, node in config.items()
+        for key, value in (node.items() if isinstance(node, dict) else [(None, node)])
+    }
+    kept = {k: v for k, v in kept.items() if k not in UNHASHED and k.partition(".")[0] not in UNHASHED}
+    digest = hashlib.blake2b(json.dumps(kept, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+    return run_dir_of(ckpt) / f"eval_{ckpt.stem}_{setting}_{digest}.json"
 
 
 def protocol(datamodule, learner) -> dict[str, Any]:
@@ -87,12 +106,24 @@ def protocol(datamodule, learner) -> dict[str, Any]:
 
 
 def writable(path: Path) -> Path:
-    """`path`, once it is known that a file can be written there (checked before a long evaluation, not after)."""
+    """`path`, once it is known that a file can be written there (checked before a long evaluation, not after): its
+    folder (or the nearest one that exists) must be writable, and a probe file created there (and removed at once)
+    must succeed, as `os.access` answers yes to root everywhere, /proc and read-only mounts included."""
     folder = next((p for p in path.resolve().parents if p.exists()), Path("/"))
     if path.is_dir():
         raise ConfigError(f"json_path={path} is a folder; give a file name, e.g. {path / 'eval.json'}")
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"json_path={path} cannot be written ({folder} is not a writable folder); give another")
+    try:
+        if path.is_file():
+            with open(path, "r+b"):  # opened for writing, nothing changed
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-", suffix=".json"):  # removed on close
+                pass
+    except OSError as error:
+        raise ConfigError(f"json_path={path} cannot be written ({error.strerror or error}); give another, e.g. "
+                          "json_path=eval.json") from error  # fmt: skip
     return path
 
 
@@ -145,13 +176,25 @@ def evaluate(
 
 
 def write_report(report: dict, path: Path, task: str) -> None:
-    """Print the summary line and each point of the adaptation curve; write the report to `path` as JSON."""
+    """Print the summary line and each point of the adaptation curve; write the report to `path` as JSON (a
+    temporary file renamed into place: a failed write leaves no partial file). A write that fails after all (the
+    disk filled up, the folder went away) is a one-line error naming the path, after the figures were printed."""
     print(report["summary"])
     for key in report["metrics"]:
         if "_step" in key and not key.endswith("_ci95"):
             print(figure(report["metrics"], key, task))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as error:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise ConfigError(f"could not write json_path={path} ({error.strerror or error}); the figures are printed "
+                          "above; rerun with json_path=<a writable file> to keep them") from error  # fmt: skip
     print(f"wrote {path}")
 
 

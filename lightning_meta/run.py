@@ -21,7 +21,7 @@ from lightning_meta import cli, search
 from lightning_meta.algorithms.scaling import check_trainer
 from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.build import build, resolve_output_dir, trainer_errors, user_errors
-from lightning_meta.callbacks import LastCheckpoint
+from lightning_meta.callbacks import CheckpointsOfThisRun, LastCheckpoint
 from lightning_meta.config import import_target, instantiate, named_nodes
 from lightning_meta.errors import ConfigError, DivergenceError
 from lightning_meta.loggers import close, finish, hparams_off, log_config, make_loggers
@@ -92,6 +92,10 @@ def check_run(cfg: DictConfig, datamodule, trainer: pl.Trainer) -> None:
         raise ConfigError(f"data.ways={datamodule.ways} but model.out_features={outputs} gives the network "
                           f"{outputs} outputs, one per class; leave model.out_features at ${{data.ways}} or give "
                           f"model.out_features={datamodule.ways} or more")  # fmt: skip
+    targets = getattr(datamodule, "target_features", None)  # regression: the length of one target
+    if datamodule.task == "regression" and isinstance(outputs, int) and targets is not None and outputs != targets:
+        raise ConfigError(f"model.out_features={outputs} but the data's targets have {targets} value(s) each; "
+                          f"give model.out_features={targets}")  # fmt: skip
     for key in ("val_episodes", "test_episodes"):
         episodes = getattr(datamodule, key)
         if 0 < episodes < world:
@@ -119,6 +123,8 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
     hparams_off(learner, datamodule)  # the loggers get the whole config (log_config), not the algorithm's arguments
     run_callbacks = [*callbacks(cfg, out, datamodule.task, validate), *extra_callbacks]
     run_callbacks += search.trial_callbacks(datamodule.task, validate)  # an Optuna trial's job: report, prune
+    if ckpt is not None:  # the best-checkpoint bookkeeping saved in ckpt names files of this run only
+        run_callbacks.append(CheckpointsOfThisRun())
     with trainer_errors():
         trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=loggers or False, default_root_dir=str(out))
     check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
@@ -130,17 +136,35 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Fit, then meta-test (the best checkpoint by validation when there is one); returns the test metrics and
-    writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own."""
+    writes them to `<output_dir>/test_metrics.json`. `extra_callbacks` join train.py's own.
+
+    A fresh run writes config.yaml (with .hydra/ and the loggers' config) before it trains; a resume writes them
+    with its first save of last.ckpt, so that a resume that fails (a diverging step size, a crash) leaves the run's
+    config.yaml describing the run that wrote its last.ckpt. A run stopped by Ctrl-C or SIGTERM returns {} (the
+    command line then exits with 130 or 143)."""
     keep_freed_memory()  # lightning_meta/allocator.py: no page faults on every large tensor (CPU)
     out, datamodule, learner, trainer, loggers = prepare(cfg, extra_callbacks)
+
+    def write_config() -> None:
+        if trainer.is_global_zero:
+            OmegaConf.save(learner.hparams["config"], out / "config.yaml")
+            cli.write_rerun_files(out)
+            log_config(loggers, learner.hparams["config"], out / "config.yaml")
+
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(learner.hparams["config"], out / "config.yaml")
-        cli.write_rerun_files(out)
-        log_config(loggers, learner.hparams["config"], out / "config.yaml")
+    keeper = next((cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)), None)
+    if not cfg.ckpt_path:
+        write_config()
+    elif keeper is not None:
+        keeper.when_saved(write_config)
     trainer.fit(learner, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if cfg.ckpt_path and keeper is None and not trainer.interrupted:
+        write_config()  # no last.ckpt to wait for: once the resumed training went through
     if trainer.interrupted or LastCheckpoint.stopped_on_request(trainer):
         close(loggers, "failed" if trainer.interrupted else "success")
+        if keeper is not None:
+            keeper.release()  # the signal handlers stayed to ignore a repeated Ctrl-C while the run wound down
         return {}
     best = trainer.checkpoint_callback.best_model_path if datamodule.val_episodes > 0 else ""
     results = trainer.test(learner, datamodule=datamodule, ckpt_path=best or None, verbose=True)

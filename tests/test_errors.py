@@ -250,6 +250,8 @@ def test_nonfinite_fresh_run_writes_no_checkpoint(tmp_path, capsys):
         pytest.param(["data.test_episodes=0"], ["data.test_episodes=0", "1 or more"], id="eval-no-episodes"),
         pytest.param(["algorithm=maml"], ["cannot change", "override its keys"], id="eval-group"),
         pytest.param(["model.hidden=[16]"], ["do not fit"], id="eval-model"),
+        pytest.param(["model.in_features=3"], ["model.in_features=3 has no effect", "drop the override"],
+                     id="eval-input-override"),
         pytest.param(["allow_nonfinite=maybe"], ["allow_nonfinite=true or false"], id="eval-allow-value"),
         pytest.param(
             ["json_path={tmp}/keep.txt/e.json"], ["json_path=", "not a writable folder"], id="eval-json-unwritable"

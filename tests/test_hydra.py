@@ -223,3 +223,9 @@ def test_callbacks_come_from_the_config(tmp_path):
     stopping = next(c for c in prepare(cfg).trainer.callbacks if isinstance(c, EarlyStopping))
     assert (stopping.monitor, stopping.mode) == ("val/mse", "min")  # filled from the task (regression)
     assert not any(tmp_path.iterdir())  # prepare writes nothing
+
+
+def test_a_key_given_twice_says_which_value_wins(tmp_path, capsys):
+    status, seen = run_cli(["data.shots=5", "data.ways=20", "data.shots=10", f"output_dir={tmp_path}"])
+    assert status == 0 and seen.configs[0].data.shots == 10
+    assert capsys.readouterr().err == "note: data.shots is given more than once; the last, data.shots=10, wins\n"

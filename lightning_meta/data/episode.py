@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_meta.errors import DataError
+from lightning_meta.errors import DataError, UserError
 
 
 class Episode(NamedTuple):
@@ -223,25 +223,36 @@ class TaskSetTasks:
     (or from nothing random) gives episodes that are a pure function of (seed, split, index).
     """
 
-    def __init__(self, taskset) -> None:
+    def __init__(self, taskset, origin: str = "") -> None:
         if not callable(getattr(taskset, "sample", None)):
             raise DataError(f"{type(taskset).__name__} has no .sample() -> (x, y); wrap it to provide one")
         self.taskset = taskset
+        # who built the taskset, for messages, e.g. "data.factory=pkg.mod:make, split train"
+        self.origin = origin
+
+    def _name(self) -> str:
+        own = f"{type(self.taskset).__name__}.sample()"
+        return f"{own} ({self.origin})" if self.origin else own
 
     def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """One raw task, x as the taskset gives it and labels remapped to 0..N-1."""
         with seeded_globals(int(torch.randint(2**62, (), generator=generator))):
-            task = self.taskset.sample()
+            try:
+                task = self.taskset.sample()
+            except Exception as error:  # the user's code: its traceback stays, with a note saying whose it is
+                error.add_note(f"raised by {self._name()}")
+                raise
         try:
             x, y = task
             x, y = torch.as_tensor(x), torch.as_tensor(y)
         except (TypeError, ValueError, RuntimeError) as error:  # not a pair, or not convertible to tensors
+            shown = repr(task) if len(repr(task)) <= 60 else repr(task)[:57] + "..."
             raise DataError(
-                f"{type(self.taskset).__name__}.sample() returned {type(task).__name__}, not (x, y) tensors of one "
-                f"task's examples and labels ({error})"
+                f"{self._name()} returned {type(task).__name__} {shown}, not (x, y) tensors of one task's examples "
+                f"and labels ({error})"
             ) from error
         if x.ndim < 1 or y.shape != x.shape[:1]:
-            raise DataError(f"{type(self.taskset).__name__}.sample() returned x of shape {tuple(x.shape)} and y of "
+            raise DataError(f"{self._name()} returned x of shape {tuple(x.shape)} and y of "
                             f"shape {tuple(y.shape)}; give one label per example")  # fmt: skip
         return x, torch.unique(y, return_inverse=True)[1]
 
@@ -295,6 +306,12 @@ class EpisodeBatches(Dataset):
         if hasattr(self.source, "sample_tasks"):  # the whole meta-batch at once, the same episodes
             generators = [episode_generator(self.seed, self.split, i) for i in chunk]
             return self.source.sample_tasks(generators, self.shots, self.queries)
-        return stack_episodes(
-            [sample_episode(self.source, self.seed, self.split, i, self.shots, self.queries) for i in chunk]
-        )
+        episodes = []
+        for i in chunk:
+            try:
+                episodes.append(sample_episode(self.source, self.seed, self.split, i, self.shots, self.queries))
+            except Exception as error:
+                if not isinstance(error, UserError):  # a one-line refusal is left as it is
+                    error.add_note(f"while drawing episode {i} of the {self.split} split (seed {self.seed})")
+                raise
+        return stack_episodes(episodes)

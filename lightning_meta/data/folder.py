@@ -111,8 +111,12 @@ class FolderDataModule(ImageDataModule):
             chosen: dict[str, list[Path]] = {}
             for split, file in self.split_files.items():
                 path = Path(file) if Path(file).is_absolute() else self.root / file
-                if split not in SPLITS or not path.is_file():
-                    raise ConfigError(f"data.split_files.{split}={file}: need train/val/test keys naming class lists")
+                if split not in SPLITS:
+                    raise ConfigError(f"data.split_files.{split}={file}: {split!r} is not a split; give the keys "
+                                      "train, val (optional) and test, each naming a class list")  # fmt: skip
+                if not path.is_file():
+                    raise DataError(f"data.split_files.{split}={file}: {path} is not a file; give a text "
+                                    "file listing one class name per line (relative: read from data.root)")  # fmt: skip
                 names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
                 missing = [n for n in names if n not in by_name]
                 if missing:

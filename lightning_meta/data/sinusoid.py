@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -49,6 +49,7 @@ class SinusoidDataModule(EpisodicDataModule):
     """
 
     task = "regression"
+    target_features: ClassVar[int] = 1  # y is (K, 1): the network needs exactly one output
 
     def __init__(
         self,

@@ -89,7 +89,8 @@ class TaskSetDataModule(EpisodicDataModule):
         factory = import_factory(self.factory)
         check_factory_args(factory, self.factory, self.factory_args)
         result = factory(**self.factory_args)
-        sources = {split: TaskSetTasks(taskset) for split, taskset in split_tasksets(result, self.factory).items()}
+        sources = {split: TaskSetTasks(taskset, f"data.factory={self.factory}, split {split}")
+                   for split, taskset in split_tasksets(result, self.factory).items()}  # fmt: skip
         for split, source in sources.items():
             _, y = source.draw(torch.Generator().manual_seed(0))
             if int(y.max()) + 1 != self.ways:

@@ -74,9 +74,13 @@ def parse_body(body: bytes):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body nests {depth} brackets deep; a request nests at most "
                                                    f"{MAX_DEPTH} (a valid one: 7)")  # fmt: skip
     try:
-        return json.loads(body.decode("utf-8") if body else "null")
+        return json.loads(body.decode("utf-8") if body else "null", parse_constant=_not_json)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({_short(str(error), 200)})") from None
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON number; send finite numbers")
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -92,6 +96,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     """
 
     server: DemoServer
+    default_request_version = "HTTP/1.0"  # errors of a garbled request line get a status line and headers too
 
     def setup(self) -> None:
         self.timeout = self.server.read_timeout  # StreamRequestHandler.setup applies it to the connection
@@ -163,6 +168,8 @@ class DemoHandler(BaseHTTPRequestHandler):
         if code == HTTPStatus.NOT_IMPLEMENTED and path in ALLOWED:  # e.g. PUT /api/classify
             self._not_allowed(path)
             return
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:  # a mistake of the client, as every request line error
+            code, message = HTTPStatus.BAD_REQUEST, f"{message}; send HTTP/1.0 or HTTP/1.1"
         if code == HTTPStatus.NOT_IMPLEMENTED:  # a method of no route, on no route: 405 too, not a server fault
             code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"{_short(str(self.command))} is not served; GET / "
         try:

@@ -148,9 +148,12 @@ def raw(address: tuple, data: bytes, close_write: bool = True, timeout: float = 
     """(status, headers with lower-case names, body) of the bytes `data` sent as they are to a server at `address`;
     `close_write` ends the sending side after them (the server reads end of file, not a silence)."""
     with socket.create_connection(address[:2], timeout=timeout) as connection:
-        connection.sendall(data)
-        if close_write:
-            connection.shutdown(socket.SHUT_WR)
+        try:
+            connection.sendall(data)
+            if close_write:
+                connection.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:  # the server answered before reading all of it (a body it refuses unread)
+            pass
         answer = connection.makefile("rb").read()
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")

@@ -59,8 +59,9 @@ def test_eval_script_applies_overrides_and_writes_the_default_json(omniglot_run)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("test/acc = ")
     assert lines[0].endswith(" % (3 episodes, 5-way 1-shot, 2 inner steps, non-transductive)")
-    path = omniglot_run.out / f"eval_{omniglot_run.best.stem}_5way-1shot_2steps_3ep_nontransductive.json"
-    assert lines[-1] == f"wrote {path}"
+    stem = f"eval_{omniglot_run.best.stem}_5way-1shot_2steps_3ep_nontransductive_28px_seed"
+    path = Path(lines[-1].removeprefix("wrote "))
+    assert path.parent == omniglot_run.out and path.name.startswith(stem), lines[-1]  # then the seed, a config hash
     report = json.loads(path.read_text())
     assert report["summary"] == lines[0]
     assert report["metrics"]["test/episodes"] == 3

@@ -67,14 +67,16 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return tags
 
 
-def run_python(args: list[str], timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_python(
+    args: list[str], timeout: float = 240, env: dict | None = None, status: int = 0
+) -> subprocess.CompletedProcess:
     """Run `python <args>` in the repository root with one thread per process (and `env` added to the
-    environment); fails the test on a non-zero exit."""
+    environment); fails the test on another exit status than `status` (143: a run SIGTERM stopped)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     done = subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )  # fmt: skip
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    assert done.returncode == status, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 
 

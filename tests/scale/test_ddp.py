@@ -94,7 +94,7 @@ def test_train_py_ddp_resumes_exactly(shrink, tmp_path):
     _single("reptile", shrink, one, "trainer.max_steps=6", "trainer.val_check_interval=4")
     args = overrides("reptile", shrink, two, *RUN, *EQUAL["reptile"], *DDP, "trainer.max_steps=6",
                      "trainer.val_check_interval=4")  # fmt: skip
-    run_python([str(SCRIPT), *args], env={"STOP_AT": "3"})
+    run_python([str(SCRIPT), *args], env={"STOP_AT": "3"}, status=143)  # stopped by SIGTERM: 128 + 15
     stopped = load_ckpt(two / "checkpoints/last.ckpt")
     assert stopped["global_step"] == 3 and not (two / "test_metrics.json").exists()
 

@@ -119,7 +119,7 @@ def _sigterm_after_first_validation(args: list[str], ckpt_dir: Path) -> str:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 143, log[-4000:]  # 128 + SIGTERM, as a shell reports it, after the resume line
     return log
 
 
