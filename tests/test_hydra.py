@@ -229,3 +229,21 @@ def test_a_key_given_twice_says_which_value_wins(tmp_path, capsys):
     status, seen = run_cli(["data.shots=5", "data.ways=20", "data.shots=10", f"output_dir={tmp_path}"])
     assert status == 0 and seen.configs[0].data.shots == 10
     assert capsys.readouterr().err == "note: data.shots is given more than once; the last, data.shots=10, wins\n"
+
+
+def test_a_sweep_rerun_into_its_directory_skips_finished_jobs_and_keeps_the_first_summary(tmp_path):
+    ran = []
+
+    def task(cfg):  # finishes job seed=0 only, as a run that wrote its test_metrics.json
+        ran.append(cfg.seed)
+        if cfg.seed == 0:
+            Path(cfg.output_dir, "test_metrics.json").write_text('{"test/mse": 1.5}')
+        return {"test/mse": 1.5}
+
+    argv = ["-m", "seed=0,1", f"output_dir={tmp_path}"]
+    assert cli.main(argv, task) == 0 and ran == [0, 1]
+    first = (tmp_path / "sweep.md").read_text()
+    assert cli.main(argv, task) == 0 and ran == [0, 1, 1]  # seed=0 finished: skipped
+    assert (tmp_path / "sweep.md").read_text() == first  # never overwritten
+    second = (tmp_path / "sweep-2.md").read_text()
+    assert "| 0 | seed=0 | skipped: finished earlier | 1.5 |" in second and "| 1 | seed=1 | ok | 1.5 |" in second
