@@ -166,6 +166,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
         if keeper is not None:
             keeper.release()  # the signal handlers stayed to ignore a repeated Ctrl-C while the run wound down
         return {}
+    return meta_test(out, datamodule, learner, trainer, loggers)
+
+
+def meta_test(out: Path, datamodule, learner: pl.LightningModule, trainer: pl.Trainer, loggers: list) -> dict:
+    """Test the best checkpoint by validation (else the last weights), write test_metrics.json, give the loggers
+    their end-of-run record and close them; the metrics, with `val/best` (the best validation score, a search's
+    objective) when there was validation. Non-finite test episodes are a `DivergenceError` after the writes."""
     best = trainer.checkpoint_callback.best_model_path if datamodule.val_episodes > 0 else ""
     results = trainer.test(learner, datamodule=datamodule, ckpt_path=best or None, verbose=True)
     metrics = results[0] if results else {}
@@ -180,7 +187,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[
             f"(figures in {out / 'test_metrics.json'} are over the finite ones); the checkpoints are kept: "
             "re-evaluate with eval.py and a lower algorithm.eval_inner.lr or fewer algorithm.eval_inner.steps"
         )
-    if best and trainer.checkpoint_callback.best_model_score is not None:  # the objective of a search: val/best
+    if best and trainer.checkpoint_callback.best_model_score is not None:
         metrics["val/best"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics
 

@@ -300,11 +300,10 @@ def write_report(study: Any, sweep_dir: str | Path, objective: str, n_trials: in
     shown = [t for t in trials if counted(t)]
     counts = {s: sum(t.state == s for t in shown) for s in TrialState}
     over = len(trials) - len(shown)
-    direction = study.direction.name.lower()
     lines = [
         f"# Search `{study.study_name}`",
         "",
-        f"{direction} `{objective}`; storage `{shown_url(url)}`; n_trials={n_trials}",
+        f"{study.direction.name.lower()} `{objective}`; storage `{shown_url(url)}`; n_trials={n_trials}",
         "",
         f"trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running"
@@ -318,13 +317,24 @@ def write_report(study: Any, sweep_dir: str | Path, objective: str, n_trials: in
         lines += [f"## Best: trial {best.number}, {objective} = {best.value:.6g}", "", "```", command, "```", ""]
     else:
         lines += ["## Best: none yet (no complete trial)", ""]
+    lines += _trial_table(trials, shown, objective)
+    lines += _plots_written(study, objective, out, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
+    path = out / "search.md"
+    _atomic_write(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _trial_table(trials: list, shown: list, objective: str) -> list[str]:
+    """Markdown rows, one per counted trial: number, state, value (or where it was pruned, or why it failed),
+    parameters, duration, directory."""
+    from optuna.trial import TrialState
+
     names = sorted({k for t in trials for k in t.params})
     head = ["trial", "state", objective, *names, "duration (s)", "directory"]
-    lines += ["## Trials", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["## Trials", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in shown:
         if t.state == TrialState.PRUNED and t.intermediate_values:
-            step = t.last_step
-            value = f"pruned at step {step} ({_fmt(t.intermediate_values[step])})"
+            value = f"pruned at step {t.last_step} ({_fmt(t.intermediate_values[t.last_step])})"
         elif t.state == TrialState.FAIL:
             value = "failed: " + str(t.user_attrs.get("error", ""))[:80].replace("|", "/").replace("\n", " ")
         else:
@@ -333,36 +343,26 @@ def write_report(study: Any, sweep_dir: str | Path, objective: str, n_trials: in
         cells = [str(t.number), t.state.name.lower(), value, *(_fmt(t.params.get(n)) for n in names), duration,
                  str(t.user_attrs.get("output_dir", ""))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plots_written(study: Any, objective: str, out: Path, finished: int) -> list[str]:
+    """The study's plots as PNG files in `out` (each replaced atomically) and as figures in out/tensorboard at step
+    `finished`; the markdown lines that show them, or say why one is missing."""
+    from torch.utils.tensorboard import SummaryWriter
+
     figures, missing = _plots(study, objective, out)
-    lines += ["", "## Plots", ""]
-    writer = None
-    if figures:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(log_dir=str(out / "tensorboard"))
-        except ImportError:
-            lines.append("- TensorBoard: not installed (pip install tensorboard), the figures are PNG files only")
-    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    for name, fig in figures.items():
-        png = out / f"{name}.png"
-        fig.savefig(png.with_name(f".{png.name}.{os.getpid()}.tmp.png"), dpi=100, bbox_inches="tight")
-        os.replace(png.with_name(f".{png.name}.{os.getpid()}.tmp.png"), png)
-        if writer is not None:
+    lines = ["", "## Plots", ""]
+    with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
+        for name, fig in figures.items():
+            png = out / f"{name}.png"
+            tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+            os.replace(tmp, png)
             writer.add_figure(f"search/{name}", fig, global_step=finished, close=True)
-        else:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-        lines.append(f"![{name}]({png.name})")
-    for name, why in missing.items():
-        lines.append(f"- {name}: {why}")
-    if writer is not None:
-        writer.close()
-        lines += ["", f"TensorBoard: `tensorboard --logdir {out / 'tensorboard'}`"]
-    path = out / "search.md"
-    _atomic_write(path, "\n".join(lines) + "\n")
-    return path
+            lines.append(f"![{name}]({png.name})")
+    lines += [f"- {name}: {why}" for name, why in missing.items()]
+    return [*lines, "", f"TensorBoard: `tensorboard --logdir {out / 'tensorboard'}`"]
 
 
 def finite(value: Any) -> bool:

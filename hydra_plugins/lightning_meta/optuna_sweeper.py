@@ -396,8 +396,24 @@ class OptunaSweeper(Sweeper):
         return parsed, space, fixed
 
     def sweep(self, arguments: list[str]) -> Any:
-        from optuna.trial import TrialState
+        from lightning_meta import search
 
+        study, url, name, space, fixed = self._open(arguments)
+        print(f"[search] study {name} in {search.shown_url(url)}: {self.direction} {self.objective} over "
+              f"{', '.join(space)}; n_trials={self.n_trials} (all workers), n_jobs={self.n_jobs}")  # fmt: skip
+        returns, stop = self._run_trials(study, space, fixed)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        path = search.write_report(study, sweep_dir, self.objective, self.n_trials, url, self._script())
+        print(f"[search] study {name}: report in {path}")
+        if isinstance(stop, BaseException):
+            raise stop
+        if stop:
+            print("[search] a trial was stopped on request: this worker asks for no more (rerun the command to go on)")
+        return returns
+
+    def _open(self, arguments: list[str]) -> tuple[Any, str, str, dict, dict]:
+        """Check everything, then (the study, its storage URL, its name, the search space, the fixed values);
+        every job's Hydra config gets the storage and the study name (its pruning callback joins the study)."""
         from hydra_plugins.lightning_meta.sweepers import name_jobs_by_swept_keys
         from lightning_meta import search
 
@@ -407,20 +423,25 @@ class OptunaSweeper(Sweeper):
         name_jobs_by_swept_keys(self.config, parsed)  # job directories <trial number>_<searched key=value,...>
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         url = search.storage_url(self.storage, sweep_dir)
-        name = self.study_name or self.config.hydra.runtime.choices.get("hparams_search") or "search"
+        name = str(self.study_name or self.config.hydra.runtime.choices.get("hparams_search") or "search")
         with read_write(self.config.hydra.overrides), open_dict(self.config.hydra.overrides):  # every job sees them
             self.config.hydra.overrides.hydra += [f"hydra.sweeper.storage={grammar_text(url)}",
-                                                  f"hydra.sweeper.study_name={grammar_text(str(name))}"]  # fmt: skip
+                                                  f"hydra.sweeper.study_name={grammar_text(name)}"]  # fmt: skip
         search.make_pruner(self.pruner), search.make_sampler(self.sampler)  # their settings' mistakes, now
-
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        study = self._open_study(url, str(name))
-        print(f"[search] study {name} in {search.shown_url(url)}: {self.direction} {self.objective} over "
-              f"{', '.join(space)}; n_trials={self.n_trials} (all workers), n_jobs={self.n_jobs}")  # fmt: skip
+        return self._open_study(url, name), url, name, space, fixed
+
+    def _run_trials(self, study: Any, space: dict, fixed: dict) -> tuple[list[Any], BaseException | bool]:
+        """Ask, launch and tell until the study holds n_trials counted trials; (the launchers' results, a job's
+        exception (a bug, raised after the report) or True when a job was stopped on request, else False)."""
+        from optuna.trial import TrialState
+
+        from lightning_meta import search
+
         returns: list[Any] = []
         pending: dict[int, Any] = {}  # asked by this worker and not yet told
-        stop: BaseException | bool = False  # a job's exception (a bug), or True: a job was stopped on request
+        stop: BaseException | bool = False
         try:
             while not stop:
                 trials = study.get_trials(deepcopy=False)
@@ -436,17 +457,11 @@ class OptunaSweeper(Sweeper):
                     for (trial, _), ret in zip(run, results, strict=True):
                         told = self._tell(study, trial, ret, pending)
                         if isinstance(told, BaseException) and not isinstance(stop, BaseException):
-                            stop = told  # a bug: raised once the report is written
+                            stop = told
                         elif told is True and stop is False:
                             stop = True
         finally:  # interrupted or a bug: no trial of this worker is left running in the study
             for trial in list(pending.values()):
                 trial.set_user_attr(search.NOT_RUN, "its worker stopped")
                 self._finish(study, trial, pending, state=TrialState.FAIL)
-        path = search.write_report(study, sweep_dir, self.objective, self.n_trials, url, self._script())
-        print(f"[search] study {name}: report in {path}")
-        if isinstance(stop, BaseException):
-            raise stop
-        if stop:
-            print("[search] a trial was stopped on request: this worker asks for no more (rerun the command to go on)")
-        return returns
+        return returns, stop
