@@ -109,3 +109,25 @@ def _logging_handlers():
     for logger, handlers, level in saved:
         logger.handlers[:] = handlers
         logger.setLevel(level)
+
+
+def assert_rows_cover(test_file: str) -> None:
+    """docs/bad_inputs.md names each test and case id of `test_file` (a path) that it lists as they are in the
+    file, and lists every case id the file has."""
+    import re
+
+    path = Path(test_file)
+    table = (REPO / "docs" / "bad_inputs.md").read_text()
+    listed = re.findall(rf"`{re.escape(path.name)}::(\w+)(?:\[([\w-]+)\])?`", table)
+    source = path.read_text()
+    for test, case in listed:
+        assert f"def {test}(" in source, test
+        assert not case or f'id="{case}"' in source, case
+    ids = set(re.findall(r'id="([\w-]+)"', source))
+    assert ids <= {case for _, case in listed}, sorted(ids - {case for _, case in listed})
+
+
+@pytest.fixture
+def rows_cover():
+    """`assert_rows_cover`, for a test module's table test."""
+    return assert_rows_cover

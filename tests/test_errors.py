@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -308,13 +307,6 @@ def test_debug_variable_shows_the_traceback(tmp_path):
 
 
 # ----------------------------------------------------------------- the table
-def test_every_case_is_a_row_of_the_table():
+def test_every_case_is_a_row_of_the_table(rows_cover):
     """docs/bad_inputs.md lists each case id of this file once, and no id that is not a case here."""
-    table = (REPO / "docs" / "bad_inputs.md").read_text()
-    listed = re.findall(r"`test_errors\.py::(\w+)(?:\[([\w-]+)\])?`", table)
-    source = Path(__file__).read_text()
-    for test, case in listed:
-        assert f"def {test}(" in source, test
-        assert not case or f'id="{case}"' in source, case
-    ids = set(re.findall(r'id="([\w-]+)"', source))
-    assert ids <= {case for _, case in listed}, sorted(ids - {case for _, case in listed})
+    rows_cover(__file__)
