@@ -73,8 +73,14 @@ def _sweep_dir(output_dir: str | None) -> str:
     return str(output_dir) if output_dir else f"outputs/{datetime.now():%Y-%m-%d_%H-%M-%S}_sweep"
 
 
-# train.yaml's hydra.run.dir and hydra.sweep.dir follow output_dir through these (cached: one timestamp per run).
-for _name, _fn in (("lm.run_dir", default_run_dir), ("lm.sweep_dir", _sweep_dir)):
+def _job_name(override_dirname: str) -> str:
+    """A job directory's name: Hydra's override_dirname without the `+`/`++` of keys set as arguments."""
+    return re.sub(r"(^|,)\+{1,2}(?=[\w/])", r"\1", override_dirname)
+
+
+# configs/hydra/default.yaml's run and sweep directories follow output_dir through these (cached: one timestamp
+# per run).
+for _name, _fn in (("lm.run_dir", default_run_dir), ("lm.sweep_dir", _sweep_dir), ("lm.job_name", _job_name)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
@@ -111,33 +117,40 @@ def hydra_app(
 
 
 def compose(
-    overrides: Sequence[str] = (), config_name: str = "train", config_path: str | Path | None = None,
-    config_dir: str | None = None, multirun: bool = False,
+    overrides: Sequence[str] = (), config_name: str = "train", config_path: str | Path | None = None
 ) -> DictConfig:
     """The config Hydra composes from `config_name` and the command-line overrides, with its `hydra` node; Hydra's
     composition errors (an unknown member, key or syntax) become a one-line ConfigError."""
-    from hydra.types import RunMode
-
-    app = hydra_app(config_name, config_path, config_dir)
-    return compose_app(app, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)[0]
+    return compose_app(hydra_app(config_name, config_path), config_name, overrides)[0]
 
 
 def compose_app(app: Any, config_name: str, overrides: Sequence[str], mode: Any = None) -> tuple[DictConfig, list[str]]:
-    """(the composed config, the overrides as composed): `app.compose_config` where an override of an argument
-    the YAML does not list but the node's `_target_` takes becomes `++key=value` (`_signature_override`), and
-    Hydra's composition errors are one-line ConfigErrors."""
+    """(the composed config, the overrides as composed): `app.compose_config` with `with_arguments`, and Hydra's
+    composition errors as one-line ConfigErrors."""
     mode = mode or run_mode()
     overrides = list(overrides)
     _check_members(app, overrides)
     _note_repeats(overrides)
+    with hydra_errors(app, config_name, overrides):
+        compose = lambda o: app.compose_config(config_name, o, run_mode=mode, with_log_configuration=False)
+        return with_arguments(compose, app.config_loader, overrides)
+
+
+def with_arguments(compose: Any, loader: Any, overrides: Sequence[str]) -> tuple[DictConfig, list[str]]:
+    """(compose(overrides), the overrides as composed), where an override of an argument the YAML does not list
+    but its node's `_target_` takes becomes `++key=value` (`trainer.gradient_clip_val=0.5`,
+    `algorithm.eval_inner.steps=5`: every argument of a node's callable is a key). `compose` is a run's
+    composition or a sweep job's (`loader.load_sweep_config`); any other error is Hydra's own, raised."""
+    from hydra.errors import ConfigCompositionException
+
+    overrides = list(overrides)
     for _ in range(len(overrides) + 1):
         try:
-            return app.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False), overrides
-        except Exception as error:
-            argument = _signature_override(error, app, config_name, overrides)
+            return compose(overrides), overrides
+        except ConfigCompositionException as error:
+            argument = _signature_override(error, compose, loader, overrides)
             if argument is None:
-                with hydra_errors(app, config_name, overrides):
-                    raise
+                raise
             overrides[argument] = f"++{overrides[argument]}"
     raise AssertionError("unreachable")
 
@@ -162,31 +175,24 @@ def _check_members(app: Any, overrides: list[str]) -> None:
             raise ConfigError(f"no {key} named {value!r}{_nearest(value, options)}")
 
 
-def _applied_before(app: Any, overrides: list[str], index: int) -> list[str]:
+def _applied_before(loader: Any, overrides: list[str], index: int) -> list[str]:
     """The overrides Hydra applied before `overrides[index]` failed: every group selection (applied first), then
     the key overrides in order."""
     groups = [o for o in overrides[index + 1 :]
-              if app.config_loader.repository.group_exists(o.lstrip("+~").partition("=")[0])]  # fmt: skip
+              if loader.repository.group_exists(o.lstrip("+~").partition("=")[0])]  # fmt: skip
     return overrides[:index] + groups
 
 
-def _signature_override(error: Exception, app: Any, config_name: str, overrides: list[str]) -> int | None:
+def _signature_override(error: Exception, compose: Any, loader: Any, overrides: list[str]) -> int | None:
     """The index of the override `node.key[.field]=value` that Hydra refused only because the YAML does not list
-    `key`, while `node`'s `_target_` takes it (`trainer.gradient_clip_val=0.5`, `algorithm.eval_inner.steps=5`:
-    every argument of a node's callable can be set, as with `++`); None for any other error."""
-    from hydra.errors import ConfigCompositionException
-
+    `key`, while `node`'s `_target_` takes it; None for any other error."""
     unknown = re.match(r"Could not override '([\w.]+)'", str(error))
-    if not isinstance(error, ConfigCompositionException) or not unknown:
-        return None
-    key = unknown[1]
+    key = unknown[1] if unknown else ""
     index = next((i for i, o in enumerate(overrides) if o.partition("=")[0] == key), None)
     if index is None or "." not in key:
         return None
-    rest = _applied_before(app, overrides, index)
     try:
-        cfg = app.compose_config(config_name, rest, run_mode=run_mode(), with_log_configuration=False)
-        depth, node = _target_node(cfg, key)
+        depth, node = _target_node(compose(_applied_before(loader, overrides, index)), key)
         takes = key.split(".")[depth] in signature_params(import_target(node._target_))
     except Exception:  # the rest does not compose, no node has a _target_, or it cannot be read: Hydra's error stands
         return None
@@ -232,8 +238,9 @@ def _unknown_key_message(key: str, app: Any, config_name: str, overrides: list[s
     `_target_` holds it."""
     index = next((i for i, o in enumerate(overrides) if o.lstrip("+~").partition("=")[0] == key), None)
     try:
-        rest = _applied_before(app, overrides, index) if index is not None else []
-        cfg = app.compose_config(config_name, rest, run_mode=run_mode(), with_log_configuration=False)
+        rest = _applied_before(app.config_loader, overrides, index) if index is not None else []
+        compose = lambda o: app.compose_config(config_name, o, run_mode=run_mode(), with_log_configuration=False)
+        cfg, _ = with_arguments(compose, app.config_loader, rest)
     except Exception:  # the other overrides do not compose either: no suggestion
         return f"unknown key {key}"
     found = _target_node(cfg, key)

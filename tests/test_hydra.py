@@ -247,3 +247,10 @@ def test_a_sweep_rerun_into_its_directory_skips_finished_jobs_and_keeps_the_firs
     assert (tmp_path / "sweep.md").read_text() == first  # never overwritten
     second = (tmp_path / "sweep-2.md").read_text()
     assert "| 0 | seed=0 | skipped: finished earlier | 1.5 |" in second and "| 1 | seed=1 | ok | 1.5 |" in second
+
+
+def test_a_swept_argument_the_yaml_does_not_list_is_a_key_too(tmp_path):
+    status, seen = run_cli(["-m", "algorithm.eval_inner.steps=1,2", f"output_dir={tmp_path}"])
+    assert status == 0 and [cfg.algorithm.eval_inner.steps for cfg in seen.configs] == [1, 2]
+    assert [Path(cfg.output_dir).name for cfg in seen.configs] == ["0_algorithm.eval_inner.steps=1",
+                                                                    "1_algorithm.eval_inner.steps=2"]  # fmt: skip

@@ -16,7 +16,6 @@ Hydra imports this module at every start: it imports Hydra only; Optuna and ligh
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -211,27 +210,16 @@ class OptunaSweeper(Sweeper):
             raise ConfigError("hydra.sweeper.objective is empty; give the metric to optimise, e.g. val/best")
 
     def _compose(self, overrides: list[str]) -> tuple[DictConfig, list[str]]:
-        """(the job's config, its overrides): a searched key the YAML does not list (an argument the node's
-        `_target_` takes, e.g. algorithm.outer.lr) is set with `++` as the command line does; `check_job` then
-        refuses a key the target does not take."""
-        from hydra.errors import ConfigCompositionException
+        """(the job's config, its overrides): a searched key the YAML does not list but its node's `_target_`
+        takes (e.g. algorithm.outer.lr) is set with `++`, as on the command line (`config.with_arguments`)."""
+        from lightning_meta.config import hydra_errors, with_arguments
 
-        from lightning_meta.config import hydra_errors
-
+        loader = self.hydra_context.config_loader
         overrides = [f"++{o}" if o.partition("=")[0] in self._added else o for o in overrides]
-        for _ in range(len(overrides) + 1):
-            try:
-                return self.hydra_context.config_loader.load_sweep_config(self.config, overrides), overrides
-            except ConfigCompositionException as error:
-                unknown = re.match(r"Could not override '([\w.]+)'", str(error))
-                index = next((i for i, o in enumerate(overrides) if unknown and o.partition("=")[0] == unknown[1]),
-                             None)  # fmt: skip
-                if index is None:
-                    with hydra_errors():
-                        raise
-                self._added.add(unknown[1])
-                overrides[index] = f"++{overrides[index]}"
-        raise AssertionError("unreachable")
+        with hydra_errors():
+            cfg, overrides = with_arguments(lambda o: loader.load_sweep_config(self.config, o), loader, overrides)
+        self._added |= {o[2:].partition("=")[0] for o in overrides if o.startswith("++")}
+        return cfg, overrides
 
     def _check(self, overrides: list[str], number: int) -> list[str]:
         """Compose trial `number`'s config as its job will and check it (`check_job`; a val/ objective also needs

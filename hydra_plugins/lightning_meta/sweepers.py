@@ -16,20 +16,22 @@ class CheckedSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from lightning_meta.cli import check_job
-        from lightning_meta.config import hydra_errors
+        from lightning_meta.config import hydra_errors, with_arguments
 
         loader = self.hydra_context.config_loader
         with hydra_errors():
             parsed = OverridesParser.create(config_loader=loader).parse_overrides([*self._parse_config(), *arguments])
             batches = self.split_arguments(parsed, None)
         name_jobs_by_swept_keys(self.config, parsed)
+        added: set[str] = set()  # swept keys the YAML does not list but their node's _target_ takes
         for number, job in enumerate(job for batch in batches for job in batch):
             with hydra_errors():
-                cfg = loader.load_sweep_config(self.config, list(job))
+                cfg, composed = with_arguments(lambda o: loader.load_sweep_config(self.config, o), loader, list(job))
+            added |= {o[2:].partition("=")[0] for o in composed if o.startswith("++")}
             with read_write(cfg.hydra.job), open_dict(cfg.hydra.job):
                 cfg.hydra.job.num = number
             check_job(cfg)
-        return super().sweep(arguments)
+        return super().sweep([f"++{a}" if a.partition("=")[0] in added else a for a in arguments])
 
 
 def name_jobs_by_swept_keys(config: DictConfig, parsed: list[Override]) -> None:
