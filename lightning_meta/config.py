@@ -41,7 +41,10 @@ GROUPS = ("algorithm", "model", "data", "trainer", "logger", "callbacks", "debug
 # Groups whose member is one `_target_` node of the composed config.
 NODE_GROUPS = ("algorithm", "data", "model", "trainer")
 # Top-level keys and their types (they have no constructor to bind to).
-RUN_KEYS: dict[str, Any] = {"seed": int, "output_dir": str | None, "ckpt_path": str | None, "tags": list}
+RUN_KEYS: dict[str, Any] = {
+    "seed": int, "output_dir": str | None, "ckpt_path": str | None, "tags": list, "threads": int | None,
+}  # fmt: skip
+OPTIONAL_RUN_KEYS = ("tags", "threads")  # a checkpoint's saved config may lack them
 # Arguments filled in by train() itself, never from the config.
 PROVIDED = {"algorithm": ("backbone", "task"), "trainer": ("callbacks", "logger", "default_root_dir")}
 # Arguments train() fills in when a node leaves them out: a logger's folder, a checkpoint's path, the monitored
@@ -503,12 +506,15 @@ def override_config(saved: dict, overrides: Sequence[str] = ()) -> DictConfig:
 
 def _validate(cfg: DictConfig) -> None:
     for key, annotation in RUN_KEYS.items():
-        if key not in cfg and key != "tags":  # tags: optional
+        if key not in cfg and key not in OPTIONAL_RUN_KEYS:
             raise ConfigError(f"the config lacks the run key {key}")
         if key in cfg and not _matches(cfg[key], annotation):
             raise ConfigError(f"{key}={cfg[key]!r} has the wrong type; expected {_type_name(annotation)}")
     if not 0 <= cfg.seed < 2**32:  # what numpy's and torch's generators take
         raise ConfigError(f"seed={cfg.seed}; give an integer from 0 to 2**32 - 1")
+    if cfg.get("threads") is not None and cfg.threads < 1:
+        raise ConfigError(f"threads={cfg.threads}; give the number of CPU threads (1 or more), or null for torch's "
+                          "default (one per core)")  # fmt: skip
     extra = set(cfg) - set(RUN_KEYS) - set(GROUPS) - {"selection"}
     if extra:
         raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(extra))}{_nearest(min(extra), RUN_KEYS)}")

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from lightning_meta import cli, search
+from lightning_meta.algorithms.outer import OuterLoop
 from lightning_meta.algorithms.scaling import check_trainer
 from lightning_meta.allocator import keep_freed_memory
 from lightning_meta.build import build, resolve_output_dir, trainer_errors, user_errors
@@ -113,6 +115,8 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
         requested = OmegaConf.to_container(cfg, resolve=True)
         check_resume_config(requested, ckpt["hyper_parameters"]["config"], cfg.ckpt_path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(cfg.threads)
     with user_errors():
         datamodule, learner = build(cfg)
     if ckpt is not None:
@@ -129,6 +133,9 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> Pre
         trainer = instantiate(cfg.trainer, callbacks=run_callbacks, logger=loggers or False, default_root_dir=str(out))
     check_trainer(trainer, learner, cfg.trainer.precision)  # before fit, whose own checks would speak first
     check_run(cfg, datamodule, trainer)
+    outer = getattr(learner, "outer", None)
+    if isinstance(outer, OuterLoop) and outer.lr_final is not None:
+        outer.progress(trainer)  # the annealing's length: anneal_over=time needs trainer.max_time, and no DDP
     with user_errors():
         datamodule.setup("fit")  # reads the data now: a missing or corrupt file is reported before any write
     return Prepared(out, datamodule, learner, trainer, loggers)

@@ -18,6 +18,7 @@ import math
 import os
 import shlex
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,8 @@ SWEEPER_TARGET = "hydra_plugins.lightning_meta.optuna_sweeper.OptunaSweeper"
 # the same moment), "its worker stopped" (Ctrl-C or a bug in another job of its batch), "stopped on request".
 NOT_RUN = "not_run"
 JOURNAL = "journal://"
+PRUNER_UNITS = ("steps", "seconds")
+REPORTED_AT = "reported_at"  # the user attribute of a trial whose reports are at seconds of training  # what a trial's reports are indexed by: meta-iterations, or seconds of training
 
 
 # ----------------------------------------------------------------- storage, study, sampler, pruner
@@ -82,21 +85,30 @@ def open_storage(url: str) -> Any:
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> Any:
-    """`{type: median, n_startup_trials, n_warmup_steps, interval_steps}` -> MedianPruner; `{type: none}` or null ->
-    NopPruner. Steps are meta-iterations (trainer.global_step at each validation)."""
+    """`{type: median, unit: steps, n_startup_trials, n_warmup_steps, interval_steps}` -> Optuna's MedianPruner,
+    whose steps are meta-iterations (trainer.global_step at each validation); `{type: median, unit: seconds,
+    n_startup_trials, n_warmup_steps}` -> `BudgetMedianPruner`, whose steps are seconds of training, for trials
+    that trainer.max_time stops; `{type: none}` or null -> NopPruner."""
     import optuna
 
     spec = dict(spec or {})
     kind = str(spec.pop("type", "none")).lower()
+    unit = str(spec.pop("unit", "steps")).lower()
     if kind in ("none", "null", "nop"):
         return optuna.pruners.NopPruner()
     if kind != "median":
         raise ConfigError(f"hydra.sweeper.pruner.type={kind}; give median or none")
+    if unit not in PRUNER_UNITS:
+        raise ConfigError(f"hydra.sweeper.pruner.unit={unit}; give steps (meta-iterations) or seconds (of training)")
     try:
+        if unit == "seconds":
+            from lightning_meta.pruning import BudgetMedianPruner
+
+            return BudgetMedianPruner(**spec)
         return optuna.pruners.MedianPruner(**spec)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"hydra.sweeper.pruner: {error} (keys: type, n_startup_trials, n_warmup_steps, "
-                          "interval_steps)") from error  # fmt: skip
+        raise ConfigError(f"hydra.sweeper.pruner: {error} (keys: type, unit, n_startup_trials, n_warmup_steps, "
+                          "and with unit=steps interval_steps)") from error  # fmt: skip
 
 
 def make_sampler(spec: Mapping[str, Any] | None, number: int = 0) -> Any:
@@ -157,10 +169,11 @@ def trial_callbacks(task: str, validate: bool) -> list[pl.Callback]:
 
 class TrialPruning(pl.Callback):
     """Reports `monitor` (val/acc or val/mse) to the trial at each validation, through the shared storage, at
-    step trainer.global_step, and raises `optuna.TrialPruned` when the study's pruner prunes the trial (rank 0
-    asks; every rank gets its answer, so a DDP job stops together). Raising ends the run at once: no further
-    training, no checkpoint of the pruned validation, no meta-test. (The sweeper has checked that the study's
-    direction agrees with the metric's, `check_direction`.)
+    step trainer.global_step (or, with pruner.unit=seconds, the seconds of training so far), and raises
+    `optuna.TrialPruned` when the study's pruner prunes the trial (rank 0 asks; every rank gets its answer, so a
+    DDP job stops together). Raising ends the run at once: no further training, no checkpoint of the pruned
+    validation, no meta-test. (The sweeper has checked that the study's direction agrees with the metric's,
+    `check_direction`.)
 
     Args:
         trial: which trial of which study in which storage, and the study's pruner settings.
@@ -170,6 +183,16 @@ class TrialPruning(pl.Callback):
     def __init__(self, trial: TrialRef, monitor: str) -> None:
         self.ref, self.monitor = trial, monitor
         self.trial: Any = None
+        self.seconds = str(trial.pruner.get("unit", "steps")).lower() == "seconds"
+        self.started = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def step(self, trainer: pl.Trainer) -> int:
+        """Where this validation's report goes: the meta-iteration, or (pruner.unit=seconds) the whole seconds of
+        training so far, validation included, which is what trainer.max_time counts."""
+        return int(time.monotonic() - self.started) if self.seconds else int(trainer.global_step)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -182,6 +205,8 @@ class TrialPruning(pl.Callback):
             storage.get_study_id_from_name(self.ref.study_name), self.ref.number
         )
         self.trial = optuna.trial.Trial(study, trial_id)
+        if self.seconds:  # for the report: these steps are seconds
+            self.trial.set_user_attr(REPORTED_AT, "seconds")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -190,10 +215,11 @@ class TrialPruning(pl.Callback):
         if self.trial is not None:
             value = trainer.callback_metrics.get(self.monitor)
             if value is not None:
-                value, step = float(value), int(trainer.global_step)
+                value, step = float(value), self.step(trainer)
                 self.trial.report(value, step)
                 prune = self.trial.should_prune()
-                message = f"trial {self.ref.number} pruned at step {step}: {self.monitor}={value:.6g}"
+                at = f"{step} s" if self.seconds else f"step {step}"
+                message = f"trial {self.ref.number} pruned at {at}: {self.monitor}={value:.6g}"
         if trainer.world_size > 1:
             prune, message = trainer.strategy.broadcast((prune, message), src=0)
         if prune:
@@ -334,7 +360,8 @@ def _trial_table(trials: list, shown: list, objective: str) -> list[str]:
     lines = ["## Trials", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in shown:
         if t.state == TrialState.PRUNED and t.intermediate_values:
-            value = f"pruned at step {t.last_step} ({_fmt(t.intermediate_values[t.last_step])})"
+            at = f"{t.last_step} s" if t.user_attrs.get(REPORTED_AT) == "seconds" else f"step {t.last_step}"
+            value = f"pruned at {at} ({_fmt(t.intermediate_values[t.last_step])})"
         elif t.state == TrialState.FAIL:
             value = "failed: " + str(t.user_attrs.get("error", ""))[:80].replace("|", "/").replace("\n", " ")
         else:

@@ -60,6 +60,10 @@ CONFIG = [
     pytest.param(["-m", "trainer.devices=2", "trainer.strategy=ddp", "seed=0,1"], ["one process", "submitit_slurm"],
                  id="sweep-ddp"),
     pytest.param(["seed=-1"], ["seed=-1; give an integer from 0 to 2**32 - 1"], id="seed-negative"),
+    pytest.param(["threads=0"], ["threads=0; give the number of CPU threads (1 or more), or null for torch's default"],
+                 id="threads-0"),
+    pytest.param(["algorithm.outer.anneal_over=time"], ["algorithm.outer.anneal_over=time anneals over "
+                 "trainer.max_time, which is not set; give trainer.max_time"], id="anneal-time-without-max-time"),
     pytest.param(["algorithm.inner=0.1"], ["algorithm.inner=0.1 is not a mapping", "algorithm.inner.steps="],
                  id="dataclass-scalar"),
     pytest.param(["algorithm.eval_curve_steps=[1,2"], ["cannot read argument 'algorithm.eval_curve_steps=[1,2'",

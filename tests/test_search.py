@@ -10,7 +10,9 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -157,6 +159,57 @@ def test_each_trial_is_sampled_by_its_own_seed():
         search.make_sampler({"type": "grid"})
     with pytest.raises(ConfigError, match="median or none"):
         search.make_pruner({"type": "hyperband"})
+
+
+def _study_with_complete_trials(reports: list[dict[int, float]], pruner) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for values in reports:
+        trial = study.ask()
+        for step, value in values.items():
+            trial.report(value, step)
+        study.tell(trial, max(values.values()))
+    return study
+
+
+def test_the_seconds_pruner_compares_the_best_value_reached_within_the_same_time():
+    """Time-budgeted trials report at seconds that no two share: a trial is pruned when the best value it reached
+    by its last report is below the median of what the complete trials had reached by then."""
+    pruner = search.make_pruner({"type": "median", "unit": "seconds", "n_startup_trials": 3, "n_warmup_steps": 30})
+    study = _study_with_complete_trials(
+        [{20: 0.5, 61: 0.7, 118: 0.9}, {33: 0.6, 70: 0.65, 140: 0.95}, {25: 0.4, 90: 0.8}], pruner
+    )  # by 80 s they had reached 0.7, 0.65 and 0.4: median 0.65; by 100 s 0.7, 0.65, 0.8: median 0.7
+
+    def pruned(reports: dict[int, float]) -> bool:
+        trial = study.ask()
+        for step, value in reports.items():
+            trial.report(value, step)
+        return trial.should_prune()
+
+    assert pruned({80: 0.6}) and not pruned({80: 0.66})
+    assert pruned({100: 0.69}) and not pruned({100: 0.7})
+    assert not pruned({25: 0.1}), "within the warm-up (30 s) no trial is pruned"
+    assert type(pruner).__name__ == "BudgetMedianPruner"
+    assert type(search.make_pruner({"type": "median"})) is optuna.pruners.MedianPruner
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.pruner.unit=hours; give steps"):
+        search.make_pruner({"type": "median", "unit": "hours"})
+
+
+def test_a_trial_reports_at_seconds_of_training_when_the_pruner_counts_seconds():
+    trainer = SimpleNamespace(global_step=340)
+    ref = search.TrialRef("sqlite:///x.db", "s", 0, {"type": "median", "unit": "seconds"})
+    pruning = search.TrialPruning(ref, "val/acc")
+    pruning.started = time.monotonic() - 12.5
+    assert pruning.step(trainer) == 12
+    steps = search.TrialPruning(ref._replace(pruner={"type": "median"}), "val/acc")
+    assert steps.step(trainer) == 340
+
+
+def test_the_seconds_pruner_waits_for_its_startup_trials():
+    pruner = search.make_pruner({"type": "median", "unit": "seconds", "n_startup_trials": 3})
+    study = _study_with_complete_trials([{10: 0.9}, {12: 0.8}], pruner)
+    trial = study.ask()
+    trial.report(0.0, 50)
+    assert not trial.should_prune()
 
 
 # ----------------------------------------------------------------- the budget race, unit level

@@ -210,5 +210,5 @@ class MetaLearner(Adaptation, Evaluation, pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.outer.grad_clip, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self):
-        steps = self.trainer.max_steps if self.outer.lr_final is not None else None  # the annealing's length
-        return self.outer.configure(list(self.meta_parameters().values()), steps)
+        progress = self.outer.progress(self.trainer) if self.outer.lr_final is not None else None
+        return self.outer.configure(list(self.meta_parameters().values()), progress)

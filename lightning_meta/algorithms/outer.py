@@ -4,13 +4,17 @@ meta-gradient (`OuterLoop`), mirroring `InnerLoop`."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 
 from lightning_meta.errors import ConfigError
 
 OUTER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+ANNEAL_OVER = ("steps", "time")
 
 
 @dataclass(frozen=True)
@@ -19,15 +23,20 @@ class OuterLoop:
 
     Args:
         lr: outer learning rate (Reptile: the meta step size epsilon).
-        lr_final: anneal `lr` linearly to this value over `trainer.max_steps` (None: constant).
+        lr_final: anneal `lr` linearly to this value over the run (None: constant).
         optimizer: "adam" or "sgd".
         grad_clip: clip the meta-gradient to this norm (None: no clipping).
+        anneal_over: what the annealing's length is: "steps", `trainer.max_steps` meta-iterations; or "time",
+            `trainer.max_time` of training, for a run that `max_time` stops (a time-budgeted preset) so that it
+            ends annealed wherever the machine's speed puts its last step. The step size then follows the clock,
+            so two runs of one seed differ in their last digits.
     """
 
     lr: float = 1e-3
     lr_final: float | None = None
     optimizer: str = "adam"
     grad_clip: float | None = None
+    anneal_over: str = "steps"
 
     def check(self, where: str) -> OuterLoop:
         """Raise a ConfigError naming the config key (`algorithm.<where>.<field>`) of a value out of range."""
@@ -37,6 +46,7 @@ class OuterLoop:
             "optimizer": (self.optimizer not in OUTER_OPTIMIZERS, " or ".join(OUTER_OPTIMIZERS)),
             # a negative norm would turn the clipped meta-gradient around
             "grad_clip": (self.grad_clip is not None and not self.grad_clip > 0, "null or a norm > 0"),
+            "anneal_over": (self.anneal_over not in ANNEAL_OVER, " or ".join(ANNEAL_OVER)),
         }
         for field, (bad, hint) in problems.items():
             if bad:
@@ -46,13 +56,36 @@ class OuterLoop:
     def replace(self, **changes) -> OuterLoop:
         return dataclasses.replace(self, **changes)
 
-    def configure(self, params: list[torch.nn.Parameter], max_steps: int | None):
+    def progress(self, trainer: pl.Trainer) -> Callable[[int], float]:
+        """The share of `trainer`'s run done at meta-iteration `step`, which `lr_final` anneals over: step /
+        trainer.max_steps, or with anneal_over=time the training time spent over trainer.max_time (the Timer
+        callback's clock, which a checkpoint carries across a resume). Raises a ConfigError before the run when
+        the trainer cannot give it."""
+        if self.anneal_over == "steps":
+            total = max(int(trainer.max_steps), 1)
+            return lambda step: step / total
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None:
+            raise ConfigError("algorithm.outer.anneal_over=time anneals over trainer.max_time, which is not set; give "
+                              "trainer.max_time (e.g. 00:00:27:00), or algorithm.outer.anneal_over=steps")  # fmt: skip
+        if trainer.world_size > 1:  # each process's clock would give its own step size: the replicas would drift
+            raise ConfigError("algorithm.outer.anneal_over=time under DDP would give each process its own step size; "
+                              "use algorithm.outer.anneal_over=steps with trainer.max_steps")  # fmt: skip
+
+        def spent(step: int) -> float:
+            elapsed = timer.time_elapsed("train")
+            return elapsed / max(elapsed + timer.time_remaining("train"), 1e-9)
+
+        return spent
+
+    def configure(self, params: list[torch.nn.Parameter], progress: Callable[[int], float] | None):
         """What `LightningModule.configure_optimizers` returns: the optimizer, and with `lr_final` a per-step
-        linear schedule from `lr` to `lr_final` over `max_steps` meta-iterations."""
+        linear schedule from `lr` to `lr_final`, where `progress(step)` is the share of the run done at
+        meta-iteration `step` (0 to 1)."""
         opt = OUTER_OPTIMIZERS[self.optimizer](params, lr=self.lr)
         if self.lr_final is None:
             return opt
-        total, final = max(int(max_steps), 1), (self.lr_final / self.lr if self.lr else 0.0)
-        anneal = lambda step: 1.0 - (1.0 - final) * min(step / total, 1.0)
+        final = self.lr_final / self.lr if self.lr else 0.0
+        anneal = lambda step: 1.0 - (1.0 - final) * min(max(progress(step), 0.0), 1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, anneal)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
