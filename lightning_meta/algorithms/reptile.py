@@ -47,7 +47,7 @@ class Reptile(MetaLearner):
     Its defaults are the paper's Omniglot settings. Beyond `MetaLearner`'s arguments:
 
     Args:
-        inner_state: "batched" (the default, chosen by measurement: README, Results), "carried" (exactly
+        inner_state: "batched" (the default, chosen by measurement: docs/results.md), "carried" (exactly
             supervised-reptile; the paper presets) or "fresh".
 
     References:

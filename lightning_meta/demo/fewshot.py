@@ -1,6 +1,6 @@
 """The demo's model side: a trained learner that adapts to a few drawn classes and classifies a test drawing.
 
-JSON API (served by `lightning_meta.demo.server`, documented in the README, section "Interactive demo"):
+JSON API (served by `lightning_meta.demo.server`, documented in docs/evaluation.md, "Interactive demo"):
 
     GET  /api/info      -> {"ways", "min_ways", "image_size", "pen_width", "checkpoint", "algorithm",
                             "inner_steps", "transductive"}

@@ -27,7 +27,7 @@ RUN = [
 ]  # fmt: skip
 RTOL, NORM_RTOL = 1e-5, 1e-7  # elementwise (with atol 1e-8), and per tensor ||a - b|| / ||b|| (seen: 1.3e-9)
 EVAL_TAGS = ("val/acc", "val/acc_ci95", "val/loss", "val/episodes")
-# Reptile's carried inner state is equal under DDP in its batched form only (README, Several processes): with
+# Reptile's carried inner state is equal under DDP in its batched form only (docs/scaling.md, "Several processes"): with
 # "carried" each rank threads the state through its own tasks, one process through all of them.
 EQUAL = {"reptile": ["algorithm.inner_state=batched"]}
 
