@@ -34,8 +34,8 @@ SWEEPER_TARGET = "hydra_plugins.lightning_meta.optuna_sweeper.OptunaSweeper"
 # the same moment), "its worker stopped" (Ctrl-C or a bug in another job of its batch), "stopped on request".
 NOT_RUN = "not_run"
 JOURNAL = "journal://"
-PRUNER_UNITS = ("steps", "seconds")
-REPORTED_AT = "reported_at"  # the user attribute of a trial whose reports are at seconds of training  # what a trial's reports are indexed by: meta-iterations, or seconds of training
+PRUNER_UNITS = ("steps", "seconds")  # what a trial's reports are indexed by: meta-iterations, or seconds of training
+REPORTED_AT = "reported_at"  # the user attribute of a trial whose reports are at seconds of training
 
 
 # ----------------------------------------------------------------- storage, study, sampler, pruner
