@@ -4,8 +4,8 @@ demo, a local web page served by the standard library's `http.server`.
 Draw one example of each of 2 to `ways` new classes, draw a test character, press Classify: the server adapts the
 checkpoint's meta-weights to the drawn classes (`learner.adapt`) and shows the class probabilities. The page and
 any script talk to the same JSON API (`lightning_meta/demo/fewshot.py`, docs/evaluation.md "Interactive demo").
-Overrides use eval.py's grammar and checks, e.g. `algorithm.eval_inner.steps=10`. With no ckpt_path, the checkpoint shipped
-beside this file is used.
+Overrides use eval.py's grammar and checks, e.g. `algorithm.eval_inner.steps=10`. With no ckpt_path, the checkpoint
+shipped beside this file is used.
 """
 
 from __future__ import annotations
