@@ -26,10 +26,10 @@ class OuterLoop:
         lr_final: anneal `lr` linearly to this value over the run (None: constant).
         optimizer: "adam" or "sgd".
         grad_clip: clip the meta-gradient to this norm (None: no clipping).
-        anneal_over: what the annealing's length is: "steps", `trainer.max_steps` meta-iterations; or "time",
-            `trainer.max_time` of training, for a run that `max_time` stops (a time-budgeted preset) so that it
-            ends annealed wherever the machine's speed puts its last step. The step size then follows the clock,
-            so two runs of one seed differ in their last digits.
+        anneal_over: "steps" (over trainer.max_steps) or "time" (over trainer.max_time).
+            "time" is for a run that `max_time` stops (a time-budgeted preset): it ends annealed wherever the
+            machine's speed puts its last step. The step size then follows the clock, so two runs of one seed
+            differ in their last digits.
     """
 
     lr: float = 1e-3
